@@ -1,0 +1,85 @@
+"""The paper's comparison methods on the same machinery (paper §5, Table 1).
+
+* :func:`chan_vese` — convex Chan–Vese (Chan, Esedoglu & Nikolova): alternating exact
+  ``c1, c2`` updates (region means) and the same primal–dual u-step; it *is* Self2Seg with two
+  constant experts.
+* :func:`denoise_n2f` — Noise2Fast on the whole image (one expert, no regions).
+* :func:`sequential` — Noise2Fast, then Chan–Vese on the denoised image.
+
+``lam`` is the TV weight of eq. (5) on the min–max normalised image, as in
+:func:`self2seg_jax.segment` (the paper's eq. (2) weights the data term instead:
+``lam_data = 1 / lam``).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from self2seg_jax import api
+from self2seg_jax.config import Self2SegConfig
+
+
+def chan_vese(
+    image,
+    *,
+    lam: float,
+    init="otsu",
+    max_outer: int = 50,
+    mask_tol: float = 0.0,
+    config: Self2SegConfig | None = None,
+    return_result: bool = False,
+):
+    """Convex Chan–Vese segmentation; returns a bool ``(h, w)`` mask (foreground = brighter
+    region for Otsu init).
+
+    Runs the alternating scheme with constant experts (exact ``c1, c2`` updates) until the
+    mask no longer changes (``mask_tol``) or ``max_outer``; the energy never increases.
+    ``config`` may carry primal–dual options; its expert options are overridden.
+    """
+    base = config or Self2SegConfig()
+    cfg = base.replace(
+        lam=lam,
+        fg_expert="constant",
+        bg_expert="constant",
+        init_denoise=False,
+        max_outer=max_outer,
+        mask_tol=mask_tol,
+        energy_p=0.0,
+        mu=0.0,
+        data_filter=1,
+    )
+    res = api.segment(jax.random.key(0), image, init=init, config=cfg)
+    return res if return_result else res.mask
+
+
+def denoise_n2f(key: jax.Array, image, *, config: Self2SegConfig = Self2SegConfig()) -> np.ndarray:
+    """Noise2Fast denoising of the whole ``(h, w)`` image with the configured CNN and schedule.
+
+    Returns a float32 ``(h, w)`` array in the input's intensity scale.
+    """
+    config.validate()
+    a = api.validate_image(image)
+    key = api._check_key(key)
+    f, lo, hi = api.normalise(a)
+    out = api.n2f_denoise_normalised(key, f, config)
+    return (out * (hi - lo) + lo).astype(np.float32)
+
+
+def sequential(
+    key: jax.Array,
+    image,
+    *,
+    lam: float,
+    init="otsu",
+    config: Self2SegConfig = Self2SegConfig(),
+    max_outer: int = 50,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sequential baseline: Noise2Fast denoising, then convex Chan–Vese on the result.
+
+    ``init`` is applied to the denoised image (``"otsu"`` or a float threshold, as for the
+    joint method; a mask or Boxes are used as given). Returns ``(mask, denoised)``.
+    """
+    den = denoise_n2f(key, image, config=config)
+    mask = chan_vese(den, lam=lam, init=init, max_outer=max_outer, config=config)
+    return mask, den

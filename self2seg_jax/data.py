@@ -1,0 +1,74 @@
+"""Bundled sample data and synthetic test images.
+
+The sample is one 512x512 fluorescence image of cell nuclei from the 2018 Data Science Bowl
+(BBBC038, Caicedo et al., Nature Methods 16(12), 2019; images CC0) with its instance labels,
+as shipped in the ``stardist`` 0.9.2 wheel (BSD-3-Clause). See ``self2seg_jax/data/README.md``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+
+def _read_tif(name: str) -> np.ndarray:
+    import tifffile
+
+    with resources.files("self2seg_jax").joinpath("data", name).open("rb") as fh:
+        return tifffile.imread(fh)
+
+
+def load_sample(*, crop: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The DSB2018 nuclei sample: ``(image float32 (h, w) on 0..255, ground truth bool (h, w))``.
+
+    Args:
+      crop: optional ``(y0, x0, y1, x1)`` window.
+    """
+    img = _read_tif("img2d.tif").astype(np.float32)
+    gt = _read_tif("mask2d.tif") > 0
+    if crop is not None:
+        y0, x0, y1, x1 = crop
+        img, gt = img[y0:y1, x0:x1], gt[y0:y1, x0:x1]
+    return img, gt
+
+
+def sample_patches(size: int = 128) -> list[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
+    """The non-overlapping ``size x size`` patches of the sample: ``[((y, x), image, gt), ...]``."""
+    img, gt = load_sample()
+    out = []
+    for y in range(0, img.shape[0] - size + 1, size):
+        for x in range(0, img.shape[1] - size + 1, size):
+            out.append(((y, x), img[y : y + size, x : x + size], gt[y : y + size, x : x + size]))
+    return out
+
+
+def add_gaussian_noise(seed: int, image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image + sigma * N(0, 1)`` (float32, not clipped), with a NumPy generator of ``seed``."""
+    rng = np.random.default_rng(seed)
+    return (np.asarray(image, np.float32) + sigma * rng.standard_normal(image.shape)).astype(np.float32)
+
+
+def stripes(
+    seed: int = 0,
+    size: int = 128,
+    *,
+    period: float = 6.0,
+    noise: float = 0.1,
+    radius: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Toy of paper Fig. 1: a disc of horizontal stripes in a field of vertical stripes.
+
+    Both textures have the same mean (0.5), so intensity-based Chan–Vese cannot separate them.
+
+    Returns:
+      ``(noisy, clean, gt)``: float32 ``(size, size)`` images and the bool disc mask.
+    """
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    r = radius if radius is not None else size / 4
+    gt = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r**2
+    vertical = 0.5 + 0.5 * np.sin(2 * np.pi * xx / period)
+    horizontal = 0.5 + 0.5 * np.sin(2 * np.pi * yy / period)
+    clean = np.where(gt, horizontal, vertical).astype(np.float32)
+    noisy = add_gaussian_noise(seed, clean, noise)
+    return noisy, clean, gt
