@@ -5,10 +5,11 @@ energy whose region fidelities are the errors of two expert denoisers trained No
 on their own regions, minimised by alternating expert training and a primal–dual mask step.
 """
 
-from self2seg_jax import data, metrics, ops
+from self2seg_jax import data, metrics, ops, pdhg
 from self2seg_jax.api import Self2SegResult, segment
 from self2seg_jax.baselines import chan_vese, denoise_n2f, sequential
 from self2seg_jax.config import Self2SegConfig
+from self2seg_jax.diff import relaxed_mask
 from self2seg_jax.initialisation import Boxes
 
 __version__ = "0.1.0"
@@ -22,6 +23,8 @@ __all__ = [
     "denoise_n2f",
     "metrics",
     "ops",
+    "pdhg",
+    "relaxed_mask",
     "segment",
     "sequential",
 ]

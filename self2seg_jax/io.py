@@ -1,10 +1,16 @@
-"""Image files in and out (host side; never jitted).
+"""Image files in and out (host side; never jitted; imports no JAX).
 
-Reading: TIFF (8/16-bit integer or float), PNG, JPEG and ``.npy``; 2-D images only (a
-multi-page TIFF or an image with colour channels is rejected with a message naming the
-supported shapes). Writing is atomic: the data go to a temporary file in the target folder,
-which is then renamed over the target, so an interrupted run never leaves a half-written file.
-Existing files are only replaced when ``overwrite=True``.
+Reading: TIFF (8/16/32-bit integer or float), PNG, JPEG and ``.npy``; 2-D greyscale images
+only. A multi-page TIFF, a stack or an image with colour channels is rejected with a message
+naming the file and the supported shapes (an RGB(A) PNG/JPEG whose three colour channels are
+identical and whose alpha, if any, is constant is accepted as the greyscale image it is).
+
+Writing is atomic: the data go to a hidden temporary file in the target folder, which is then
+renamed over the target (``os.replace``), so an interrupted run never leaves a half-written
+file, and a failed write leaves neither the target nor the temporary file behind. Existing
+files are only replaced when ``overwrite=True``. :class:`AtomicGroup` extends this to a set of
+files: all are written to temporary files first and only renamed into place once every one
+of them has been written, so a failure leaves none of the targets.
 """
 
 from __future__ import annotations
@@ -12,11 +18,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 READ_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+WRITE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+SUPPORTED_SHAPES = (
+    "supported: one 2-D (height, width) greyscale image; multi-page TIFFs, stacks and images "
+    "with colour channels are not supported (convert to greyscale / split the pages first)"
+)
+
+_GREY_PIL_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1")
 
 
 class ImageReadError(ValueError):
@@ -24,7 +38,12 @@ class ImageReadError(ValueError):
 
 
 def read_image(path) -> np.ndarray:
-    """Read a 2-D image file; raises :class:`ImageReadError` naming the file and the problem."""
+    """Read a 2-D greyscale image file as a NumPy array (its own dtype; bool becomes uint8).
+
+    Raises:
+      ImageReadError: (a ``ValueError``) missing / unreadable file, unsupported format, shape
+        or pixel type; the message starts with the file name.
+    """
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{p}: file not found")
@@ -38,73 +57,211 @@ def read_image(path) -> np.ndarray:
         )
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(p) as tif:
-                if len(tif.pages) > 1:
-                    raise ImageReadError(
-                        f"{p}: multi-page TIFF ({len(tif.pages)} pages) is not supported; "
-                        "expected one 2-D (height, width) greyscale image"
-                    )
-                a = tif.asarray()
+            a = _read_tiff(p)
         elif suffix == ".npy":
             a = np.load(p, allow_pickle=False)
         else:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                im.load()
-                if im.mode in ("L", "I", "I;16", "I;16B", "F", "1"):
-                    a = np.asarray(im)
-                else:
-                    a = np.asarray(im)
-                    if a.ndim == 3 and a.shape[-1] in (3, 4) and _is_grey(a):
-                        a = a[..., 0]
+            a = _read_pil(p)
     except ImageReadError:
         raise
     except Exception as e:
-        raise ImageReadError(f"{p}: cannot read image ({type(e).__name__}: {e})") from None
-    a = np.squeeze(np.asarray(a)) if np.asarray(a).ndim > 2 and 1 in np.asarray(a).shape else np.asarray(a)
+        msg = f"{type(e).__name__}: {_one_line(e)}"
+        raise ImageReadError(f"{p}: cannot read image ({msg})") from None
+    a = np.asarray(a)
+    if a.ndim > 2:
+        # drop singleton page / channel axes, e.g. (1, h, w) or (h, w, 1)
+        a = a.reshape([n for n in a.shape if n != 1]) if a.ndim - 2 == a.shape.count(1) else a
     if a.ndim != 2:
-        raise ImageReadError(
-            f"{p}: image has shape {a.shape}; supported: 2-D (height, width) greyscale images "
-            "(colour images and stacks are not supported yet)"
-        )
+        raise ImageReadError(f"{p}: image has shape {a.shape}; {SUPPORTED_SHAPES}")
+    if a.size == 0:
+        raise ImageReadError(f"{p}: image is empty (shape {a.shape})")
     if a.dtype == bool:
         a = a.astype(np.uint8)
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise ImageReadError(f"{p}: unsupported pixel type {a.dtype}")
+        raise ImageReadError(
+            f"{p}: unsupported pixel type {a.dtype}; supported: integer or floating-point pixels"
+        )
     return a
 
 
+def _read_tiff(p: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        n = len(tif.pages)
+        if n == 0:
+            raise ImageReadError(f"{p}: cannot read image (TIFF contains no image)")
+        if n > 1:
+            raise ImageReadError(f"{p}: multi-page TIFF ({n} pages); {SUPPORTED_SHAPES}")
+        a = tif.asarray()
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and _is_grey(a):
+        a = a[..., 0]
+    return a
+
+
+def _read_pil(p: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(p) as im:
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1:
+            raise ImageReadError(f"{p}: image has {n_frames} frames; {SUPPORTED_SHAPES}")
+        im.load()
+        if im.mode in _GREY_PIL_MODES:
+            return np.asarray(im)
+        if im.mode == "P":  # palette: look the colours up
+            im = im.convert("RGBA")
+        elif im.mode == "LA":
+            im = im.convert("RGBA")
+        elif im.mode not in ("RGB", "RGBA"):
+            raise ImageReadError(f"{p}: unsupported colour mode {im.mode!r}; {SUPPORTED_SHAPES}")
+        a = np.asarray(im)
+    if _is_grey(a):
+        return a[..., 0]
+    raise ImageReadError(f"{p}: colour image with shape {a.shape}; {SUPPORTED_SHAPES}")
+
+
 def _is_grey(a: np.ndarray) -> bool:
-    return bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
+    """RGB(A) with three identical colour channels and a constant (or no) alpha channel."""
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        return False
+    grey = np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
+    if a.shape[-1] == 4:
+        grey = grey and bool(np.all(a[..., 3] == a[0, 0, 3]))
+    return bool(grey)
 
 
-def _atomic_write(path: Path, writer, *, overwrite: bool) -> Path:
-    path = Path(path)
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writing
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (use overwrite / --overwrite to replace it)")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_for(path: Path) -> str:
+    """A new hidden temporary file next to ``path`` with the usual permissions (not 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        pass
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def _unlink_quiet(tmp) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: Path, writer: Callable[[str], None], *, overwrite: bool) -> Path:
+    path = Path(path)
+    _check_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _tmp_for(path)
     try:
         writer(tmp)
+        if not overwrite and path.exists():  # appeared while we were writing
+            raise FileExistsError(f"{path}: exists (use overwrite / --overwrite to replace it)")
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quiet(tmp)
         raise
     return path
 
 
-def write_image(path, array, *, overwrite: bool = False) -> Path:
-    """Write ``array`` as TIFF (``.tif``/``.tiff``), PNG (8/16-bit integers) or ``.npy``."""
-    path = Path(path)
+class AtomicGroup:
+    """Write several files all-or-nothing.
+
+    ``add(path, writer)`` writes to a temporary file next to ``path`` at once; ``commit()``
+    renames all of them into place. Leaving the ``with`` block with an exception (or without
+    ``commit()``) removes every temporary file and leaves the targets untouched::
+
+        with io.AtomicGroup(overwrite=False) as g:
+            g.image(out / "a_mask.tif", mask)
+            g.json(out / "a_report.json", report)
+            g.commit()
+    """
+
+    def __init__(self, *, overwrite: bool = False):
+        self.overwrite = overwrite
+        self._pending: list[tuple[str, Path]] = []
+        self.committed: list[Path] = []
+
+    def __enter__(self) -> AtomicGroup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+    def add(self, path, writer: Callable[[str], None]) -> None:
+        path = Path(path)
+        _check_target(path, self.overwrite)
+        if any(path == q for _, q in self._pending):
+            raise ValueError(f"{path}: written twice in one group")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_for(path)
+        try:
+            writer(tmp)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        self._pending.append((tmp, path))
+
+    def image(self, path, array) -> None:
+        self.add(path, _image_writer(Path(path), array))
+
+    def json(self, path, obj) -> None:
+        self.add(path, _json_writer(obj))
+
+    def figure(self, path, fig, dpi: int = 110) -> None:
+        self.add(path, _figure_writer(fig, dpi))
+
+    def commit(self) -> list[Path]:
+        if not self.overwrite:
+            for _, path in self._pending:
+                _check_target(path, False)
+        while self._pending:
+            tmp, path = self._pending[0]
+            os.replace(tmp, path)
+            self._pending.pop(0)
+            self.committed.append(path)
+        return list(self.committed)
+
+    def abort(self) -> None:
+        for tmp, _ in self._pending:
+            _unlink_quiet(tmp)
+        self._pending = []
+
+
+def _image_writer(path: Path, array) -> Callable[[str], None]:
     a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
     suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported output format {suffix!r}; supported: " + ", ".join(WRITE_SUFFIXES)
+        )
+    if suffix == ".png" and a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: PNG needs uint8 or uint16 data, got {a.dtype}")
 
     def writer(tmp):
         if suffix in (".tif", ".tiff"):
@@ -114,32 +271,42 @@ def write_image(path, array, *, overwrite: bool = False) -> Path:
         elif suffix == ".png":
             from PIL import Image
 
-            if a.dtype not in (np.uint8, np.uint16):
-                raise ValueError(f"{path}: PNG needs uint8 or uint16 data, got {a.dtype}")
             Image.fromarray(a).save(tmp, format="PNG")
-        elif suffix == ".npy":
+        else:
             with open(tmp, "wb") as fh:
                 np.save(fh, a, allow_pickle=False)
-        else:
-            raise ValueError(f"{path}: unsupported output format {suffix!r}")
 
-    return _atomic_write(path, writer, overwrite=overwrite)
+    return writer
+
+
+def _json_writer(obj) -> Callable[[str], None]:
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
+
+    def writer(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return writer
+
+
+def _figure_writer(fig, dpi: int) -> Callable[[str], None]:
+    return lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+
+
+def write_image(path, array, *, overwrite: bool = False) -> Path:
+    """Write ``array`` as TIFF (``.tif``/``.tiff``), PNG (uint8/uint16) or ``.npy``, atomically."""
+    path = Path(path)
+    return _atomic_write(path, _image_writer(path, array), overwrite=overwrite)
 
 
 def write_json(path, obj, *, overwrite: bool = False) -> Path:
-    def writer(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-
-    return _atomic_write(Path(path), writer, overwrite=overwrite)
+    """Write ``obj`` as indented JSON (NumPy scalars/arrays and paths converted), atomically."""
+    return _atomic_write(Path(path), _json_writer(obj), overwrite=overwrite)
 
 
 def write_figure(path, fig, *, overwrite: bool = False, dpi: int = 110) -> Path:
-    return _atomic_write(
-        Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"),
-        overwrite=overwrite,
-    )
+    """Save a matplotlib figure as PNG, atomically."""
+    return _atomic_write(Path(path), _figure_writer(fig, dpi), overwrite=overwrite)
 
 
 def _json_default(o):

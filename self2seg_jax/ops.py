@@ -79,6 +79,25 @@ def tv(u: jax.Array, *, isotropic: bool = True) -> jax.Array:
     return jnp.sum(mag, axis=(-2, -1))
 
 
+def huber_tv(u: jax.Array, eps: jax.Array | float, *, isotropic: bool = True) -> jax.Array:
+    """Huber-smoothed TV ``sum_i h_eps(|grad u|_i)`` with ``h_eps(x) = x^2/(2 eps)`` for
+    ``x <= eps`` and ``x - eps/2`` otherwise; equals :func:`tv` for ``eps = 0``.
+
+    Anisotropic: the Huber function is applied to each component. Returns ``(*b,)``.
+    """
+    g = grad(u)
+    if isotropic:
+        sq = jnp.sum(g * g, axis=-3)
+        safe = jnp.where(sq > 0, sq, 1.0)
+        mag = jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
+    else:
+        mag = jnp.abs(g)
+    safe_eps = jnp.where(eps > 0, eps, 1.0)
+    h = jnp.where(mag <= eps, 0.5 * mag**2 / safe_eps, mag - 0.5 * eps)
+    axes = (-2, -1) if isotropic else (-3, -2, -1)
+    return jnp.sum(h, axis=axes)
+
+
 def project_dual_ball(p: jax.Array, lam: jax.Array | float, *, isotropic: bool = True) -> jax.Array:
     """Project a dual field onto ``{p : |p[i]| <= lam for every pixel i}``.
 
@@ -91,7 +110,10 @@ def project_dual_ball(p: jax.Array, lam: jax.Array | float, *, isotropic: bool =
       lam: positive scalar (may be traced).
     """
     if isotropic:
-        norm = jnp.sqrt(jnp.sum(p * p, axis=-3, keepdims=True))
+        sq = jnp.sum(p * p, axis=-3, keepdims=True)
+        # Safe norm: no NaN in derivatives at p = 0 (the scale is 1 there anyway).
+        norm = jnp.sqrt(jnp.where(sq > 0, sq, 1.0))
+        norm = jnp.where(sq > 0, norm, 0.0)
         return p * (lam / jnp.maximum(lam, norm))
     return jnp.clip(p, -lam, lam)
 

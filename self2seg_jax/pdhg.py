@@ -23,6 +23,11 @@ Algorithm 2 of Chambolle & Pock (2011) for the ``mu``-strongly convex ``G`` (pap
 its typos corrected). Step sizes start at ``tau = sigma = 0.99 / sqrt(8)`` so that
 ``tau * sigma * ||grad||^2 <= 0.98 < 1`` (``||grad||^2 <= 8``), the convergence condition.
 
+Optional Huber smoothing ``eps > 0`` replaces ``TV`` by ``sum h_eps(|grad u|)``
+(:func:`ops.huber_tv`), whose conjugate adds ``eps/(2 lam) |p|^2`` to the dual: the dual step
+becomes ``p = P_lam((p + sigma grad u_bar) / (1 + sigma eps / lam))``. This is used by the
+differentiable solver (:mod:`self2seg_jax.diff`); ``eps = 0`` (default) is the paper's problem.
+
 Stopping: the primal–dual gap
 
 .. math::
@@ -103,12 +108,14 @@ def pdhg_step(
     *,
     mu: jax.Array | float = 0.0,
     u_ref: jax.Array | None = None,
+    eps: jax.Array | float = 0.0,
     isotropic: bool = True,
 ) -> PDHGState:
     """One Chambolle–Pock iteration (pure). See the module docstring for the formulas."""
     u_ref = _u_ref(r, u_ref)
     tau, sigma = state.tau, state.sigma
-    p = ops.project_dual_ball(state.p + sigma * ops.grad(state.u_bar), lam, isotropic=isotropic)
+    q = (state.p + sigma * ops.grad(state.u_bar)) / (1.0 + sigma * eps / lam)
+    p = ops.project_dual_ball(q, lam, isotropic=isotropic)
     u = ops.project_box((state.u + tau * (ops.div(p) - r + mu * u_ref)) / (1.0 + tau * mu))
     theta = lax.rsqrt(1.0 + 2.0 * mu * tau)
     u_bar = u + theta * (u - state.u)
@@ -125,6 +132,7 @@ def primal_dual_gap(
     *,
     mu: jax.Array | float = 0.0,
     u_ref: jax.Array | None = None,
+    eps: jax.Array | float = 0.0,
     isotropic: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """Primal–dual gap ``P(u) - D(p) >= 0`` and the scale it is compared against.
@@ -133,12 +141,12 @@ def primal_dual_gap(
     ``lam``-ball, where ``G*(z) = sum_i max_{v in [0,1]} (z_i - r_i) v - mu/2 (v - u_R,i)^2``.
     """
     u_ref = _u_ref(r, u_ref)
-    tv_u = ops.tv(u, isotropic=isotropic)
+    tv_u = ops.huber_tv(u, eps, isotropic=isotropic)
     primal = lam * tv_u + jnp.sum(r * u) + 0.5 * mu * jnp.sum((u - u_ref) ** 2)
     z = ops.div(p) - r
     safe_mu = jnp.where(mu > 0, mu, 1.0)
     v = jnp.where(mu > 0, ops.project_box(u_ref + z / safe_mu), (z > 0).astype(z.dtype))
-    conj = jnp.sum(z * v - 0.5 * mu * (v - u_ref) ** 2)
+    conj = jnp.sum(z * v - 0.5 * mu * (v - u_ref) ** 2) + 0.5 * eps / lam * jnp.sum(p * p)
     gap = primal + conj
     scale = jnp.sum(jnp.abs(r)) + lam * tv_u + 1e-12
     return gap, scale
@@ -156,6 +164,7 @@ def pdhg_solve(
     max_iter: int = 3000,
     check_every: int = 10,
     isotropic: bool = True,
+    eps: jax.Array | float = 0.0,
 ) -> PDHGState:
     """Run Chambolle–Pock in a ``lax.while_loop`` until the relative gap is below ``tol``.
 
@@ -170,6 +179,7 @@ def pdhg_solve(
       tol: relative primal–dual gap tolerance.
       max_iter: iteration cap (rounded up to a multiple of ``check_every``).
       check_every: iterations between gap evaluations.
+      eps: Huber smoothing of TV (0 = plain TV, the paper's problem).
 
     Returns:
       Final :class:`PDHGState`; ``state.status`` is CONVERGED, MAX_ITER or NONFINITE.
@@ -178,6 +188,7 @@ def pdhg_solve(
     dtype = r.dtype
     lam = jnp.asarray(lam, dtype)
     mu = jnp.asarray(mu, dtype)
+    eps = jnp.asarray(eps, dtype)
     tol = jnp.asarray(tol, dtype)
     state = pdhg_init(r, u0=u0, p0=p0)
     n_checks = max(1, -(-max_iter // check_every))
@@ -191,10 +202,12 @@ def pdhg_solve(
         s = lax.fori_loop(
             0,
             check_every,
-            lambda _, t: pdhg_step(t, r, lam, mu=mu, u_ref=u_ref, isotropic=isotropic),
+            lambda _, t: pdhg_step(t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic),
             s,
         )
-        gap, scale = primal_dual_gap(s.u, s.p, r, lam, mu=mu, u_ref=u_ref, isotropic=isotropic)
+        gap, scale = primal_dual_gap(
+            s.u, s.p, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic
+        )
         rel = gap / scale
         finite = jnp.isfinite(rel) & jnp.all(jnp.isfinite(s.u))
         status = jnp.where(
