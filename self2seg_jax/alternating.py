@@ -71,6 +71,7 @@ class SchemeStatic:
     warm_start: bool = True
     pd_max_iter: int = 3000
     pd_check_every: int = 10
+    pd_accelerated: bool = False
     isotropic_tv: bool = True
     stack_experts: bool = False
     progress: bool = False
@@ -154,6 +155,7 @@ def outer_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> 
         max_iter=st.pd_max_iter,
         check_every=st.pd_check_every,
         isotropic=st.isotropic_tv,
+        accelerated=st.pd_accelerated,
     )
     mask = (sol.u >= hyper.threshold).astype(f.dtype)
     e = energy.joint_energy(mask, d[0], d[1], hyper.lam, isotropic=st.isotropic_tv)

@@ -18,9 +18,10 @@ Solves, for a fixed pair of experts (paper §4.1, Algorithms 2 and 4),
    \theta &= 1/\sqrt{1 + 2\mu\tau},\; \tau \leftarrow \theta\tau,\; \sigma \leftarrow \sigma/\theta \\
    \bar u^{n+1} &= u^{n+1} + \theta (u^{n+1} - u^n)
 
-With ``mu = 0`` this is Algorithm 2 (``theta = 1``); with ``mu > 0`` it is the accelerated
-Algorithm 2 of Chambolle & Pock (2011) for the ``mu``-strongly convex ``G`` (paper Alg. 4, with
-its typos corrected). Step sizes start at ``tau = sigma = 0.99 / sqrt(8)`` so that
+With ``mu = 0`` this is Algorithm 2 (``theta = 1``); with ``mu > 0`` and ``accelerated=True`` it
+is the accelerated Algorithm 2 of Chambolle & Pock (2011) for the ``mu``-strongly convex ``G``
+(paper Alg. 4, with its typos corrected); with ``accelerated=False`` (default) the steps stay
+fixed (``theta = 1``), which on these problems reaches a given gap in far fewer iterations. Step sizes start at ``tau = sigma = 0.99 / sqrt(8)`` so that
 ``tau * sigma * ||grad||^2 <= 0.98 < 1`` (``||grad||^2 <= 8``), the convergence condition.
 
 Optional Huber smoothing ``eps > 0`` replaces ``TV`` by ``sum h_eps(|grad u|)``
@@ -110,14 +111,18 @@ def pdhg_step(
     u_ref: jax.Array | None = None,
     eps: jax.Array | float = 0.0,
     isotropic: bool = True,
+    accelerated: bool = False,
 ) -> PDHGState:
-    """One Chambolle–Pock iteration (pure). See the module docstring for the formulas."""
+    """One Chambolle–Pock iteration (pure). See the module docstring for the formulas.
+
+    ``accelerated`` applies the step-size update of Alg. 4 (only meaningful for ``mu > 0``).
+    """
     u_ref = _u_ref(r, u_ref)
     tau, sigma = state.tau, state.sigma
     q = (state.p + sigma * ops.grad(state.u_bar)) / (1.0 + sigma * eps / lam)
     p = ops.project_dual_ball(q, lam, isotropic=isotropic)
     u = ops.project_box((state.u + tau * (ops.div(p) - r + mu * u_ref)) / (1.0 + tau * mu))
-    theta = lax.rsqrt(1.0 + 2.0 * mu * tau)
+    theta = lax.rsqrt(1.0 + 2.0 * mu * tau) if accelerated else jnp.ones_like(tau)
     u_bar = u + theta * (u - state.u)
     return state._replace(
         u=u, u_bar=u_bar, p=p, tau=theta * tau, sigma=sigma / theta, it=state.it + 1
@@ -165,6 +170,7 @@ def pdhg_solve(
     check_every: int = 10,
     isotropic: bool = True,
     eps: jax.Array | float = 0.0,
+    accelerated: bool = False,
 ) -> PDHGState:
     """Run Chambolle–Pock in a ``lax.while_loop`` until the relative gap is below ``tol``.
 
@@ -180,6 +186,7 @@ def pdhg_solve(
       max_iter: iteration cap (rounded up to a multiple of ``check_every``).
       check_every: iterations between gap evaluations.
       eps: Huber smoothing of TV (0 = plain TV, the paper's problem).
+      accelerated: use Alg. 4's accelerated step sizes when ``mu > 0`` (static).
 
     Returns:
       Final :class:`PDHGState`; ``state.status`` is CONVERGED, MAX_ITER or NONFINITE.
@@ -202,7 +209,9 @@ def pdhg_solve(
         s = lax.fori_loop(
             0,
             check_every,
-            lambda _, t: pdhg_step(t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic),
+            lambda _, t: pdhg_step(
+                t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic, accelerated=accelerated
+            ),
             s,
         )
         gap, scale = primal_dual_gap(
@@ -223,7 +232,7 @@ def pdhg_solve(
 
 def pdhg_solve_python(
     r, lam, *, mu=0.0, u_ref=None, u0=None, p0=None, tol=1e-4, max_iter=3000,
-    check_every=10, isotropic=True,
+    check_every=10, isotropic=True, accelerated=False,
 ):
     """Debug backend: the same steps driven from Python, with per-check history.
 
@@ -233,7 +242,9 @@ def pdhg_solve_python(
     r = jnp.asarray(r)
     dtype = r.dtype
     lam, mu = jnp.asarray(lam, dtype), jnp.asarray(mu, dtype)
-    step = jax.jit(lambda s: pdhg_step(s, r, lam, mu=mu, u_ref=u_ref, isotropic=isotropic))
+    step = jax.jit(
+        lambda s: pdhg_step(s, r, lam, mu=mu, u_ref=u_ref, isotropic=isotropic, accelerated=accelerated)
+    )
     state = pdhg_init(r, u0=u0, p0=p0)
     n_checks = max(1, -(-max_iter // check_every))
     history = []

@@ -17,6 +17,8 @@ from self2seg_jax import Self2SegConfig
 # One static configuration for every CNN-expert end-to-end test (compiled once per worker).
 TINY_N2F = Self2SegConfig(
     lam=0.02,
+    mu=0.0,
+    bg_expert="n2f",
     net_width=8,
     net_depth=2,
     train_max_steps=40,
@@ -31,6 +33,7 @@ TINY_N2F = Self2SegConfig(
 # Constant experts (= convex Chan-Vese): cheap to compile, used by the API validation tests.
 TINY_CONST = Self2SegConfig(
     lam=0.05,
+    mu=0.0,
     fg_expert="constant",
     bg_expert="constant",
     init_denoise=False,

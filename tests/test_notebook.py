@@ -32,6 +32,8 @@ TINY = {
     "PD_MAX_ITER": 300,
     "INIT_DENOISE": False,
     "LAMS": [0.01, 0.05],
+    "SWEEP_STEPS": 20,
+    "SWEEP_MAX_OUTER": 2,
     "SEED": 0,
 }
 

@@ -13,11 +13,13 @@ from scipy.optimize import linprog
 
 from self2seg_jax import energy, ops, pdhg
 
-_solve_jit = jax.jit(pdhg.pdhg_solve, static_argnames=("max_iter", "check_every", "isotropic"))
+_solve_jit = jax.jit(
+    pdhg.pdhg_solve, static_argnames=("max_iter", "check_every", "isotropic", "accelerated")
+)
 
 
 def solve(r, lam, *, mu=0.0, u_ref=None, u0=None, p0=None, tol=1e-4, max_iter=20000,
-          check_every=10, isotropic=True):
+          check_every=10, isotropic=True, accelerated=False):
     """pdhg_solve, jitted; the optional arrays are always passed explicitly (with the documented
     defaults) so that one compilation per shape serves every test."""
     r = jnp.asarray(r)
@@ -27,7 +29,7 @@ def solve(r, lam, *, mu=0.0, u_ref=None, u0=None, p0=None, tol=1e-4, max_iter=20
     p0 = jnp.zeros((2,) + r.shape, dt) if p0 is None else p0
     return _solve_jit(r, jnp.asarray(lam, dt), mu=jnp.asarray(mu, dt), u_ref=u_ref, u0=u0, p0=p0,
                       tol=jnp.asarray(tol, dt), max_iter=max_iter, check_every=check_every,
-                      isotropic=isotropic)
+                      isotropic=isotropic, accelerated=accelerated)
 
 gap_fn = jax.jit(pdhg.primal_dual_gap, static_argnames=("isotropic",))
 
@@ -275,19 +277,22 @@ def _dual_fista_reference(r, lam, mu, u_ref, n_iter=4000):
     return u_of(p)
 
 
-def test_accelerated_variant_matches_independent_solver(x64):
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_mu_variant_matches_independent_solver(x64, accelerated):
     rng = np.random.default_rng(7)
     r = jnp.asarray(0.8 * rng.standard_normal((16, 16)), jnp.float64)
     u_ref = jnp.asarray(rng.random((16, 16)), jnp.float64)
     lam, mu = 0.3, 1.0
     u_star = _dual_fista_reference(r, lam, mu, u_ref, n_iter=6000)
     for tol, atol in ((1e-6, 2e-2), (1e-10, 2e-4)):
-        s = solve(r, lam, mu=mu, u_ref=u_ref, tol=tol, max_iter=60000)
+        s = solve(r, lam, mu=mu, u_ref=u_ref, tol=tol, max_iter=60000, accelerated=accelerated)
         assert s.u.dtype == jnp.float64
         assert int(s.status) == pdhg.CONVERGED
         assert float(s.gap) <= tol
-        # the step sizes were actually adapted (theta < 1)
-        assert float(s.tau) < pdhg.DEFAULT_STEP and float(s.sigma) > pdhg.DEFAULT_STEP
+        if accelerated:  # the step sizes were actually adapted (theta < 1)
+            assert float(s.tau) < pdhg.DEFAULT_STEP and float(s.sigma) > pdhg.DEFAULT_STEP
+        else:
+            np.testing.assert_allclose(float(s.tau), pdhg.DEFAULT_STEP, rtol=1e-12)
         np.testing.assert_allclose(np.asarray(s.u), np.asarray(u_star), atol=atol)
         # mu-strong convexity: mu/2 ||u - u*||^2 <= P(u) - P(u*) <= gap
         g, _ = gap_fn(s.u, s.p, r, lam, mu=mu, u_ref=u_ref)
@@ -300,8 +305,9 @@ def test_accelerated_variant_matches_independent_solver(x64):
 def test_accelerated_variant_converges_in_python_backend(rng):
     r = jnp.asarray(0.8 * rng.standard_normal((12, 12)), jnp.float32)
     u_ref = jnp.asarray(rng.random((12, 12)), jnp.float32)
-    sj = solve(r, 0.3, mu=0.5, u_ref=u_ref, tol=1e-5)
-    sp_, _ = pdhg.pdhg_solve_python(r, 0.3, mu=0.5, u_ref=u_ref, tol=1e-5, max_iter=20000)
+    sj = solve(r, 0.3, mu=0.5, u_ref=u_ref, tol=1e-5, accelerated=True)
+    sp_, _ = pdhg.pdhg_solve_python(r, 0.3, mu=0.5, u_ref=u_ref, tol=1e-5, max_iter=20000,
+                                    accelerated=True)
     assert int(sj.status) == int(sp_.status) == pdhg.CONVERGED
     assert int(sj.it) == int(sp_.it)
     np.testing.assert_allclose(np.asarray(sj.u), np.asarray(sp_.u), atol=1e-5)
