@@ -3,16 +3,32 @@
 Self-supervised joint segmentation and denoising of a single noisy image: a Chan–Vese-type
 energy whose region fidelities are the errors of two expert denoisers trained Noise2Fast-style
 on their own regions, minimised by alternating expert training and a primal–dual mask step.
+
+Names and submodules are imported lazily (PEP 562): ``import self2seg_jax`` does not import
+JAX until something that needs it is used, so ``self2seg --help`` answers at once.
 """
 
-from self2seg_jax import data, metrics, ops, pdhg
-from self2seg_jax.api import Self2SegResult, segment
-from self2seg_jax.baselines import chan_vese, denoise_n2f, sequential
-from self2seg_jax.config import Self2SegConfig
-from self2seg_jax.diff import relaxed_mask
-from self2seg_jax.initialisation import Boxes
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY_NAMES = {
+    "Boxes": "self2seg_jax.initialisation",
+    "Self2SegConfig": "self2seg_jax.config",
+    "Self2SegResult": "self2seg_jax.api",
+    "segment": "self2seg_jax.api",
+    "chan_vese": "self2seg_jax.baselines",
+    "denoise_n2f": "self2seg_jax.baselines",
+    "sequential": "self2seg_jax.baselines",
+    "relaxed_mask": "self2seg_jax.diff",
+}
+_SUBMODULES = {
+    "alternating", "api", "baselines", "cli", "config", "data", "diff", "energy", "experts",
+    "initialisation", "io", "metrics", "ops", "pdhg", "viz",
+}
 
 __all__ = [
     "Boxes",
@@ -28,3 +44,18 @@ __all__ = [
     "segment",
     "sequential",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

@@ -98,7 +98,7 @@ def _box(text: str):
 # Defaults quoted in --help (the parser must not import the config module, which imports JAX);
 # tests/test_cli.py checks them against Self2SegConfig().
 HELP_DEFAULTS = {
-    "lam": 0.03, "mu": 0.0, "fg_expert": "n2f", "bg_expert": "n2f", "data_filter": 1,
+    "lam": 0.03, "mu": 0.01, "fg_expert": "n2f", "bg_expert": "constant", "data_filter": 1,
     "linear_size": 15, "net_width": 32, "net_depth": 4, "learning_rate": 0.001,
     "train_max_steps": 400, "max_outer": 8, "pd_max_iter": 3000, "init_denoise": True,
 }
@@ -308,8 +308,13 @@ def _config_from_args(args) -> tuple:
                 raise CLIError(f"{where}: unknown option {k!r} (known: {known})")
     paper = args.paper or bool(data.get("paper", False))
     base = Self2SegConfig.paper() if paper else Self2SegConfig()
+    if args.config is not None:  # errors from the file name the file
+        try:
+            base = dataclasses.replace(base, **{k: v for k, v in data.items() if k in fields})
+            base.validate()
+        except (TypeError, ValueError) as e:
+            raise CLIError(f"{args.config}: {_one_line(e)}") from None
     try:
-        base = dataclasses.replace(base, **{k: v for k, v in data.items() if k in fields})
         for name in _FLAG_FIELDS:
             v = getattr(args, name, None)
             if v is not None:
@@ -321,8 +326,7 @@ def _config_from_args(args) -> tuple:
         base = dataclasses.replace(base, progress=True)
         base.validate()
     except (TypeError, ValueError) as e:
-        src = f"{args.config}: " if args.config is not None else ""
-        raise CLIError(f"{src}{_one_line(e)}") from None
+        raise CLIError(f"invalid option: {_one_line(e)}") from None
     return base, extra
 
 

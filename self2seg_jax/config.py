@@ -132,7 +132,20 @@ class Self2SegConfig:
         def bad(msg):
             raise ValueError(f"Self2SegConfig: {msg}")
 
-        if not (isinstance(self.lam, numbers.Real) and math.isfinite(self.lam) and self.lam > 0):
+        for name in ("lam", "mu", "learning_rate", "mask_tol", "energy_p", "threshold", "pd_tol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                bad(f"{name} must be a finite real number, got {v!r}")
+        for name in ("data_filter", "linear_size", "net_width", "net_depth", "train_max_steps",
+                     "train_min_steps", "train_patience", "val_every", "n_average", "max_outer",
+                     "pd_max_iter", "pd_check_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                bad(f"{name} must be an integer, got {v!r}")
+        for name in ("warm_start", "isotropic_tv", "init_denoise", "progress", "pd_accelerated"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not self.lam > 0:
             bad(f"lam must be a finite number > 0, got {self.lam!r}")
         if not (math.isfinite(self.mu) and self.mu >= 0):
             bad(f"mu must be >= 0, got {self.mu!r}")

@@ -26,7 +26,7 @@ SIZE = 32
 # Tiny CNN experts (shared by the n2f segment run and the demo: one compilation per worker).
 CHEAP_TOML = """\
 net_width = 8
-net_depth = 2
+net_depth = 1
 train_max_steps = 30
 train_min_steps = 10
 train_patience = 10
@@ -162,7 +162,7 @@ def test_config_flags_toml_and_precedence(tmp_path):
                                               "--lam", "0.01", "--data-filter", "3"]))
     assert cfg.lam == 0.01  # flag beats TOML
     assert cfg.mu == 0.0 and isinstance(cfg.mu, float)
-    assert (cfg.net_width, cfg.net_depth) == (8, 2)
+    assert (cfg.net_width, cfg.net_depth) == (8, 1)
     assert (cfg.train_max_steps, cfg.train_min_steps, cfg.train_patience) == (30, 10, 10)
     assert (cfg.val_every, cfg.n_average, cfg.init_denoise) == (10, 2, False)
     assert cfg.data_filter == 3

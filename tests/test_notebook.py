@@ -27,7 +27,7 @@ TINY = {
     "NOISE": 30.0,
     "STEPS": 20,
     "NET_WIDTH": 8,
-    "NET_DEPTH": 2,
+    "NET_DEPTH": 1,
     "MAX_OUTER": 2,
     "PD_MAX_ITER": 300,
     "INIT_DENOISE": False,
@@ -89,7 +89,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
         if o.get("output_type") == "stream"
     )
     assert "Dice" in text and "PSNR" in text
-    assert "lambda values: first call" in text
+    assert "lambda values in one call" in text
     assert "no recompilation" in text
     for lam in TINY["LAMS"]:
         assert f"lam {lam:<7g} Dice" in text
