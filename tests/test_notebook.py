@@ -34,6 +34,7 @@ TINY = {
     "LAMS": [0.01, 0.05],
     "SWEEP_STEPS": 20,
     "SWEEP_MAX_OUTER": 2,
+    "LEARN_STEPS": 2,
     "SEED": 0,
 }
 
