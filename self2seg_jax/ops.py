@@ -58,6 +58,12 @@ def div(p: jax.Array) -> jax.Array:
     return dy + dx
 
 
+def safe_norm(x: jax.Array, *, axis: int, keepdims: bool = False) -> jax.Array:
+    """Euclidean norm over ``axis`` whose derivative is 0 (not NaN) where the norm is 0."""
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+
 def tv(u: jax.Array, *, isotropic: bool = True) -> jax.Array:
     """Total variation summed over the last two axes.
 
@@ -69,13 +75,7 @@ def tv(u: jax.Array, *, isotropic: bool = True) -> jax.Array:
       ``(*b,)`` total variation.
     """
     g = grad(u)
-    if isotropic:
-        # sqrt is not differentiable at 0: use a safe norm (zero gradient at flat pixels).
-        sq = jnp.sum(g * g, axis=-3)
-        safe = jnp.where(sq > 0, sq, 1.0)
-        mag = jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-    else:
-        mag = jnp.sum(jnp.abs(g), axis=-3)
+    mag = safe_norm(g, axis=-3) if isotropic else jnp.sum(jnp.abs(g), axis=-3)
     return jnp.sum(mag, axis=(-2, -1))
 
 
@@ -86,12 +86,7 @@ def huber_tv(u: jax.Array, eps: jax.Array | float, *, isotropic: bool = True) ->
     Anisotropic: the Huber function is applied to each component. Returns ``(*b,)``.
     """
     g = grad(u)
-    if isotropic:
-        sq = jnp.sum(g * g, axis=-3)
-        safe = jnp.where(sq > 0, sq, 1.0)
-        mag = jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-    else:
-        mag = jnp.abs(g)
+    mag = safe_norm(g, axis=-3) if isotropic else jnp.abs(g)
     safe_eps = jnp.where(eps > 0, eps, 1.0)
     h = jnp.where(mag <= eps, 0.5 * mag**2 / safe_eps, mag - 0.5 * eps)
     axes = (-2, -1) if isotropic else (-3, -2, -1)
@@ -110,11 +105,7 @@ def project_dual_ball(p: jax.Array, lam: jax.Array | float, *, isotropic: bool =
       lam: positive scalar (may be traced).
     """
     if isotropic:
-        sq = jnp.sum(p * p, axis=-3, keepdims=True)
-        # Safe norm: no NaN in derivatives at p = 0 (the scale is 1 there anyway).
-        norm = jnp.sqrt(jnp.where(sq > 0, sq, 1.0))
-        norm = jnp.where(sq > 0, norm, 0.0)
-        return p * (lam / jnp.maximum(lam, norm))
+        return p * (lam / jnp.maximum(lam, safe_norm(p, axis=-3, keepdims=True)))
     return jnp.clip(p, -lam, lam)
 
 
