@@ -34,9 +34,32 @@ def grad(u: jax.Array) -> jax.Array:
       ``(*b, 2, h, w)``: ``[..., 0, i, j] = u[i+1, j] - u[i, j]`` (0 on the last row) and
       ``[..., 1, i, j] = u[i, j+1] - u[i, j]`` (0 on the last column).
     """
-    gy = jnp.concatenate([u[..., 1:, :] - u[..., :-1, :], jnp.zeros_like(u[..., :1, :])], axis=-2)
-    gx = jnp.concatenate([u[..., :, 1:] - u[..., :, :-1], jnp.zeros_like(u[..., :, :1])], axis=-1)
-    return jnp.stack([gy, gx], axis=-3)
+    return jnp.stack(grad_components(u), axis=-3)
+
+
+def _pad_last2(x, rows, cols):
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [rows, cols])
+
+
+def grad_components(u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`grad` as a pair ``(gy, gx)`` of ``(*b, h, w)`` arrays (no stacking).
+
+    Hot loops use the component form: on XLA:CPU a primal–dual step written on the stacked
+    ``(2, h, w)`` field runs ~8x slower (measured) than the same step on two separate arrays.
+    """
+    gy = _pad_last2(u[..., 1:, :] - u[..., :-1, :], (0, 1), (0, 0))
+    gx = _pad_last2(u[..., :, 1:] - u[..., :, :-1], (0, 0), (0, 1))
+    return gy, gx
+
+
+def div_components(py: jax.Array, px: jax.Array) -> jax.Array:
+    """:func:`div` of the field given as components ``(py, px)``, each ``(*b, h, w)``."""
+    # Components on the last row / column are never produced by grad (Neumann), so they are
+    # ignored here, which is exactly what makes div the adjoint.
+    py, px = py[..., :-1, :], px[..., :, :-1]
+    dy = _pad_last2(py, (0, 1), (0, 0)) - _pad_last2(py, (1, 0), (0, 0))
+    dx = _pad_last2(px, (0, 0), (0, 1)) - _pad_last2(px, (0, 0), (1, 0))
+    return dy + dx
 
 
 def div(p: jax.Array) -> jax.Array:
@@ -48,19 +71,17 @@ def div(p: jax.Array) -> jax.Array:
     Returns:
       ``(*b, h, w)`` with ``sum(grad(u) * p) == -sum(u * div(p))`` for all ``u``.
     """
-    py, px = p[..., 0, :, :], p[..., 1, :, :]
-    # Components on the last row / column are never produced by grad (Neumann), so they are
-    # ignored here, which is exactly what makes div the adjoint.
-    py = py.at[..., -1, :].set(0.0)
-    px = px.at[..., :, -1].set(0.0)
-    dy = py - jnp.concatenate([jnp.zeros_like(py[..., :1, :]), py[..., :-1, :]], axis=-2)
-    dx = px - jnp.concatenate([jnp.zeros_like(px[..., :, :1]), px[..., :, :-1]], axis=-1)
-    return dy + dx
+    return div_components(p[..., 0, :, :], p[..., 1, :, :])
 
 
 def safe_norm(x: jax.Array, *, axis: int, keepdims: bool = False) -> jax.Array:
     """Euclidean norm over ``axis`` whose derivative is 0 (not NaN) where the norm is 0."""
     sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+
+def _safe_hypot(a: jax.Array, b: jax.Array) -> jax.Array:
+    sq = a * a + b * b
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
@@ -74,8 +95,8 @@ def tv(u: jax.Array, *, isotropic: bool = True) -> jax.Array:
     Returns:
       ``(*b,)`` total variation.
     """
-    g = grad(u)
-    mag = safe_norm(g, axis=-3) if isotropic else jnp.sum(jnp.abs(g), axis=-3)
+    gy, gx = grad_components(u)
+    mag = _safe_hypot(gy, gx) if isotropic else jnp.abs(gy) + jnp.abs(gx)
     return jnp.sum(mag, axis=(-2, -1))
 
 
@@ -85,8 +106,8 @@ def huber_tv(u: jax.Array, eps: jax.Array | float, *, isotropic: bool = True) ->
 
     Anisotropic: the Huber function is applied to each component. Returns ``(*b,)``.
     """
-    g = grad(u)
-    mag = safe_norm(g, axis=-3) if isotropic else jnp.abs(g)
+    gy, gx = grad_components(u)
+    mag = _safe_hypot(gy, gx) if isotropic else jnp.stack([jnp.abs(gy), jnp.abs(gx)], axis=-3)
     safe_eps = jnp.where(eps > 0, eps, 1.0)
     h = jnp.where(mag <= eps, 0.5 * mag**2 / safe_eps, mag - 0.5 * eps)
     axes = (-2, -1) if isotropic else (-3, -2, -1)

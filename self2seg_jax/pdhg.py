@@ -117,11 +117,20 @@ def pdhg_step(
 
     ``accelerated`` applies the step-size update of Alg. 4 (only meaningful for ``mu > 0``).
     """
-    u_ref = _u_ref(r, u_ref)
     tau, sigma = state.tau, state.sigma
-    q = (state.p + sigma * ops.grad(state.u_bar)) / (1.0 + sigma * eps / lam)
-    p = ops.project_dual_ball(q, lam, isotropic=isotropic)
-    u = ops.project_box((state.u + tau * (ops.div(p) - r + mu * u_ref)) / (1.0 + tau * mu))
+    # Component form (no (2, h, w) intermediates): ~8x faster on XLA:CPU, see ops.grad_components.
+    gy, gx = ops.grad_components(state.u_bar)
+    shrink = 1.0 / (1.0 + sigma * eps / lam)
+    qy = (state.p[..., 0, :, :] + sigma * gy) * shrink
+    qx = (state.p[..., 1, :, :] + sigma * gx) * shrink
+    if isotropic:
+        scale = lam / jnp.maximum(lam, ops._safe_hypot(qy, qx))
+        py, px = qy * scale, qx * scale
+    else:
+        py, px = jnp.clip(qy, -lam, lam), jnp.clip(qx, -lam, lam)
+    drift = -r if u_ref is None else mu * u_ref - r
+    u = ops.project_box((state.u + tau * (ops.div_components(py, px) + drift)) / (1.0 + tau * mu))
+    p = jnp.stack([py, px], axis=-3)
     theta = lax.rsqrt(1.0 + 2.0 * mu * tau) if accelerated else jnp.ones_like(tau)
     u_bar = u + theta * (u - state.u)
     return state._replace(
