@@ -157,3 +157,30 @@ def test_grad_through_fixed_outer_scheme():
     h = 1e-3
     fd = (loss(0.05 + h, 0.05) - loss(0.05 - h, 0.05)) / (2 * h)
     np.testing.assert_allclose(float(g[0]), float(fd), rtol=0.1, atol=1e-3)
+
+
+def test_grad_wrt_expert_parameters_and_composite(x64):
+    """Chain rule through an expert: d_fg = (f - w * f)^2 for a 3x3 linear filter w."""
+    from self2seg_jax import experts
+
+    rng = np.random.default_rng(3)
+    f = jnp.asarray(np.clip(0.5 + 0.3 * rng.standard_normal((10, 10)), 0, 1))
+    cfg = experts.TrainConfig(kind="linear", linear_size=3)
+    c_bg = jnp.asarray(0.3)
+
+    def loss(kernel):
+        den_fg = experts.apply_expert({"kernel": kernel, "bias": jnp.asarray(0.0)}, f, cfg)
+        u = s2s.relaxed_mask((f - den_fg) ** 2, (f - c_bg) ** 2, 0.05, mu=0.3,
+                             u_ref=jnp.full_like(f, 0.5), smoothing=0.1, tol=1e-13,
+                             max_iter=400000)
+        composite = u * den_fg + (1 - u) * c_bg
+        return jnp.sum(composite * f)
+
+    loss = jax.jit(loss)
+    k0 = jnp.asarray(rng.normal(size=(3, 3)) * 0.1 + np.pad([[1.0]], 1) * 0.5)
+    g = jax.grad(loss)(k0)
+    h = 1e-6
+    for idx in [(0, 0), (1, 1), (2, 1)]:
+        e = jnp.zeros_like(k0).at[idx].set(1.0)
+        fd = (loss(k0 + h * e) - loss(k0 - h * e)) / (2 * h)
+        np.testing.assert_allclose(g[idx], fd, rtol=2e-3, atol=1e-6)
