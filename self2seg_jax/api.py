@@ -109,8 +109,17 @@ def n2f_denoise_normalised(key, f: np.ndarray, config: Self2SegConfig) -> np.nda
     return out
 
 
+def _image_to_threshold(key, f: np.ndarray, config: Self2SegConfig) -> np.ndarray:
+    """The (optionally Noise2Fast-denoised) image, min–max normalised, for threshold inits."""
+    g = n2f_denoise_normalised(key, f, config) if config.init_denoise else f
+    return (g - g.min()) / max(float(g.max() - g.min()), 1e-12)
+
+
 def initial_regions(key, f: np.ndarray, init, config: Self2SegConfig):
-    """Resolve ``init`` into ``(w_fg, w_bg, u0)`` float32 arrays (eager, validated)."""
+    """Resolve ``init`` into ``(fg, bg)`` bool arrays (eager, validated).
+
+    ``bg`` is None when the background is the complement of ``fg`` (every init but Boxes).
+    """
     shape = f.shape
     if isinstance(init, Boxes):
         fg, bg = regions_from_boxes(init, shape)
@@ -121,8 +130,7 @@ def initial_regions(key, f: np.ndarray, init, config: Self2SegConfig):
                 f"unknown init {init!r}: use 'otsu', a float threshold in (0, 1), a boolean "
                 "(h, w) mask or self2seg_jax.Boxes"
             )
-        g = n2f_denoise_normalised(key, f, config) if config.init_denoise else f
-        g = (g - g.min()) / max(float(g.max() - g.min()), 1e-12)
+        g = _image_to_threshold(key, f, config)
         m = g > otsu_threshold(g)
         return check_mask(m, shape, "Otsu initial mask"), None
     if isinstance(init, (bool, np.bool_)):
@@ -131,8 +139,7 @@ def initial_regions(key, f: np.ndarray, init, config: Self2SegConfig):
         eps = float(init)
         if not (0.0 < eps < 1.0):
             raise ValueError(f"threshold init must be in (0, 1) (image is min-max normalised), got {eps}")
-        g = n2f_denoise_normalised(key, f, config) if config.init_denoise else f
-        g = (g - g.min()) / max(float(g.max() - g.min()), 1e-12)
+        g = _image_to_threshold(key, f, config)
         return check_mask(g > eps, shape, f"initial mask (threshold {eps})"), None
     if init is None:
         raise ValueError("init is None: use 'otsu', a float threshold, a boolean mask or Boxes")

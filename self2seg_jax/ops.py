@@ -74,13 +74,8 @@ def div(p: jax.Array) -> jax.Array:
     return div_components(p[..., 0, :, :], p[..., 1, :, :])
 
 
-def safe_norm(x: jax.Array, *, axis: int, keepdims: bool = False) -> jax.Array:
-    """Euclidean norm over ``axis`` whose derivative is 0 (not NaN) where the norm is 0."""
-    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-
-
 def _safe_hypot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``sqrt(a^2 + b^2)`` whose derivative is 0 (not NaN) where it is 0."""
     sq = a * a + b * b
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
@@ -125,9 +120,18 @@ def project_dual_ball(p: jax.Array, lam: jax.Array | float, *, isotropic: bool =
       p: ``(*b, 2, h, w)``.
       lam: positive scalar (may be traced).
     """
+    py, px = project_dual_ball_components(p[..., 0, :, :], p[..., 1, :, :], lam, isotropic=isotropic)
+    return jnp.stack([py, px], axis=-3)
+
+
+def project_dual_ball_components(
+    py: jax.Array, px: jax.Array, lam: jax.Array | float, *, isotropic: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`project_dual_ball` on the components ``(py, px)`` of the field (hot-loop form)."""
     if isotropic:
-        return p * (lam / jnp.maximum(lam, safe_norm(p, axis=-3, keepdims=True)))
-    return jnp.clip(p, -lam, lam)
+        scale = lam / jnp.maximum(lam, _safe_hypot(py, px))
+        return py * scale, px * scale
+    return jnp.clip(py, -lam, lam), jnp.clip(px, -lam, lam)
 
 
 def project_box(u: jax.Array) -> jax.Array:

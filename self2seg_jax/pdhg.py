@@ -123,11 +123,7 @@ def pdhg_step(
     shrink = 1.0 / (1.0 + sigma * eps / lam)
     qy = (state.p[..., 0, :, :] + sigma * gy) * shrink
     qx = (state.p[..., 1, :, :] + sigma * gx) * shrink
-    if isotropic:
-        scale = lam / jnp.maximum(lam, ops._safe_hypot(qy, qx))
-        py, px = qy * scale, qx * scale
-    else:
-        py, px = jnp.clip(qy, -lam, lam), jnp.clip(qx, -lam, lam)
+    py, px = ops.project_dual_ball_components(qy, qx, lam, isotropic=isotropic)
     drift = -r if u_ref is None else mu * u_ref - r
     u = ops.project_box((state.u + tau * (ops.div_components(py, px) + drift)) / (1.0 + tau * mu))
     p = jnp.stack([py, px], axis=-3)
