@@ -28,6 +28,7 @@ over images, keys or ``Hyper`` works.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -138,10 +139,34 @@ def _progress(*args):
     hook(*args)
 
 
-def outer_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> SchemeState:
-    """One outer iteration (W-step, u-step, threshold, bookkeeping). Pure."""
+class WStep(NamedTuple):
+    """Output of the W-step of one outer iteration (see :func:`w_step`)."""
+
+    params: tuple  # (params_fg, params_bg)
+    den: jax.Array  # (2, h, w) expert outputs
+    steps: jax.Array  # (2,) Adam steps
+    key: jax.Array  # carried key after the split
+
+
+def w_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> WStep:
+    """The W-step of outer iteration ``s.it + 1``: train both experts on ``s.w_fg, s.w_bg``.
+
+    It does not depend on ``hyper.lam``, ``mu`` or the tolerances (only on the learning rate),
+    so a lambda sweep from a common start can share the first one (:func:`run_scheme_sweep`).
+    """
     key, k_fg, k_bg = jax.random.split(s.key, 3)
     params, den, steps = _fit_both((k_fg, k_bg), s.params, f, s.w_fg, s.w_bg, hyper, st)
+    return WStep(params, den, steps, key)
+
+
+def outer_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> SchemeState:
+    """One outer iteration (W-step, u-step, threshold, bookkeeping). Pure."""
+    return u_step(s, w_step(s, f, hyper, st), f, hyper, st)
+
+
+def u_step(s: SchemeState, w: WStep, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> SchemeState:
+    """The rest of an outer iteration after the W-step ``w``: u-step, threshold, stop rules."""
+    params, den, steps, key = w
     d = energy.data_term(f, den, filter_size=st.data_filter)  # (2, h, w)
     r = d[0] - d[1]
     sol = pdhg.pdhg_solve(
@@ -242,6 +267,42 @@ Args:
 Returns:
   The final :class:`SchemeState`.
 """
+
+
+def _continue(s: SchemeState, f, hyper: Hyper, st: SchemeStatic) -> SchemeState:
+    return lax.while_loop(lambda c: c.status == RUNNING, lambda c: outer_step(c, f, hyper, st), s)
+
+
+@functools.partial(jax.jit, static_argnames=("st", "batch"))
+def run_scheme_sweep(key, f, w_fg, w_bg, u0, hypers: Hyper, st: SchemeStatic, batch: str = "vmap"):
+    """:func:`run_scheme` for a batch of ``Hyper`` sharing one start, in one compiled call.
+
+    The first W-step depends only on the start (not on ``lam``, ``mu`` or the tolerances), so
+    it is computed once; the remaining outer iterations run per ``Hyper`` — ``batch="vmap"``
+    vectorises them (GPU/TPU), ``batch="map"`` runs them one after the other with
+    ``lax.map`` (XLA:CPU, where batched convolutions inside loops are slow). Every member of
+    the result equals ``run_scheme(key, f, w_fg, w_bg, u0, hyper_i, st)`` (same key splits).
+
+    Args:
+      hypers: :class:`Hyper` whose leaves have a leading batch axis ``(n,)`` (learning rates
+        must all be equal — the shared W-step uses the first).
+    Returns:
+      :class:`SchemeState` with a leading ``(n,)`` axis on every leaf.
+    """
+    TRACE_COUNT[0] += 1
+    s0 = init_state(key, f, w_fg, w_bg, u0, st)
+    first = jax.tree.map(lambda a: a[0], hypers)
+    w = w_step(s0, f, first, st)
+
+    def one(h):
+        s1 = u_step(s0, w, f, h, st)
+        return _continue(s1, f, h, st)
+
+    if batch == "vmap":
+        return jax.vmap(one)(hypers)
+    if batch == "map":
+        return lax.map(one, hypers)
+    raise ValueError(f"batch must be 'vmap' or 'map', got {batch!r}")
 
 
 def composite(u: jax.Array, den: jax.Array) -> jax.Array:

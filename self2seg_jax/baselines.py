@@ -37,8 +37,18 @@ def chan_vese(
     mask no longer changes (``mask_tol``) or ``max_outer``; the energy never increases.
     ``config`` may carry primal–dual options; its expert options are overridden.
     """
-    base = config or Self2SegConfig()
-    cfg = base.replace(
+    cfg = chan_vese_config(lam, max_outer=max_outer, mask_tol=mask_tol, config=config)
+    res = api.segment(jax.random.key(0), image, init=init, config=cfg)
+    return res if return_result else res.mask
+
+
+def chan_vese_config(
+    lam: float, *, max_outer: int = 50, mask_tol: float = 0.0, config: Self2SegConfig | None = None
+) -> Self2SegConfig:
+    """The :class:`Self2SegConfig` that makes the scheme convex Chan–Vese: two constant
+    experts, no mean filter, no reference-mask term, no energy rule, no Noise2Fast init;
+    primal–dual options are taken from ``config``."""
+    return (config or Self2SegConfig()).replace(
         lam=lam,
         fg_expert="constant",
         bg_expert="constant",
@@ -49,8 +59,6 @@ def chan_vese(
         mu=0.0,
         data_filter=1,
     )
-    res = api.segment(jax.random.key(0), image, init=init, config=cfg)
-    return res if return_result else res.mask
 
 
 def denoise_n2f(key: jax.Array, image, *, config: Self2SegConfig = Self2SegConfig()) -> np.ndarray:
