@@ -26,9 +26,11 @@ leave-one-patch-out (each patch gets the lambda with the best mean Dice on the *
 of the same noise level), both computed from the same sweep; plus the fixed library default
 ``lam = 0.03``.
 
-Sweeps are batched in compiled code: Chan–Vese over (patches x lambdas) with ``vmap``;
-Self2Seg over lambdas with :func:`self2seg_jax.alternating.run_scheme_sweep` (first W-step
-shared, then ``vmap`` on GPU/TPU or ``lax.map`` on CPU).
+Sweeps are batched in compiled code — one call per method and noise level for Chan–Vese
+(all patches x lambdas), one per patch for Self2Seg
+(:func:`self2seg_jax.alternating.run_scheme_sweep`: first W-step shared by all lambdas) — with
+``vmap`` on GPU/TPU or ``lax.map`` on CPU (``batch``): a vmapped while-loop runs every member
+until the slowest has converged, which a CPU pays in full.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from self2seg_jax import alternating, api, baselines, data, metrics
 from self2seg_jax.config import Self2SegConfig
@@ -137,23 +140,40 @@ def _stacked_hyper(config: Self2SegConfig, lams) -> alternating.Hyper:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, lams.shape), h)._replace(lam=lams)
 
 
-@functools.partial(jax.jit, static_argnames=("st",))
-def _cv_batch(f, m0, hypers, st):
-    def one_image(fi, mi):
-        return jax.vmap(
-            lambda h: alternating.run_scheme(jax.random.key(0), fi, mi, 1.0 - mi, mi, h, st=st).mask
-        )(hypers)
+@functools.partial(jax.jit, static_argnames=("st", "batch"))
+def _cv_batch(f, m0, lams, hyper, st, batch):
+    """Chan–Vese for every (image, lambda) pair: ``f, m0`` ``(n, h, w)``, ``lams`` ``(L,)``."""
+    n, nl = f.shape[0], lams.shape[0]
+    fi = jnp.repeat(f, nl, axis=0)
+    mi = jnp.repeat(m0, nl, axis=0)
+    li = jnp.tile(lams, n)
 
-    return jax.vmap(one_image)(f, m0)
+    def one(args):
+        a, m, lam = args
+        return alternating.run_scheme(
+            jax.random.key(0), a, m, 1.0 - m, m, hyper._replace(lam=lam), st=st
+        ).mask
+
+    out = jax.vmap(one)((fi, mi, li)) if batch == "vmap" else lax.map(one, (fi, mi, li))
+    return out.reshape((n, nl) + f.shape[1:])
 
 
-def chan_vese_sweep(images, lams=LAMBDAS, init_masks=None, *, max_outer: int = 50) -> np.ndarray:
-    """Convex Chan–Vese for every (image, lambda) in one compiled, doubly vmapped call.
+def chan_vese_sweep(
+    images, lams=LAMBDAS, init_masks=None, *, max_outer: int = 30, mask_tol: float = 1e-3,
+    batch: str | None = None,
+) -> np.ndarray:
+    """Convex Chan–Vese for every (image, lambda) pair in one compiled call.
+
+    ``batch="vmap"`` vectorises all pairs (GPU/TPU); ``"map"`` (CPU default) runs them one
+    after the other inside the compiled program — under ``vmap`` every pair would iterate
+    until the slowest pair has converged, which on a CPU costs far more than it saves.
 
     Args:
       images: ``(n, h, w)`` images (any scale; each is min–max normalised).
       lams: ``(L,)`` TV weights.
       init_masks: ``(n, h, w)`` bool starts; default Otsu of each normalised image.
+      max_outer, mask_tol: Chan–Vese alternation stops when at most ``mask_tol`` of the
+        pixels change (exact ``c1, c2`` updates; energy non-increasing).
     Returns:
       bool ``(n, L, h, w)`` masks.
     """
@@ -161,8 +181,11 @@ def chan_vese_sweep(images, lams=LAMBDAS, init_masks=None, *, max_outer: int = 5
     if init_masks is None:
         init_masks = [im > otsu_threshold(im) for im in imgs]
     m0 = np.stack([np.asarray(m, np.float32) for m in init_masks])
-    cfg = baselines.chan_vese_config(float(lams[0]), max_outer=max_outer)
-    out = _cv_batch(jnp.asarray(np.stack(imgs)), jnp.asarray(m0), _stacked_hyper(cfg, lams), cfg.static())
+    cfg = baselines.chan_vese_config(float(lams[0]), max_outer=max_outer, mask_tol=mask_tol)
+    out = _cv_batch(
+        jnp.asarray(np.stack(imgs)), jnp.asarray(m0), jnp.asarray(lams, jnp.float32), cfg.hyper(),
+        st=cfg.static(), batch=batch or default_batch(),
+    )
     return np.asarray(out) > 0.5
 
 
@@ -287,7 +310,7 @@ def run_level(
     if todo.get("chan_vese"):
         ps = todo["chan_vese"]
         t = time.perf_counter()
-        masks = chan_vese_sweep([p.noisy for p in ps], lams)
+        masks = chan_vese_sweep([p.noisy for p in ps], lams, batch=batch)
         dt = (time.perf_counter() - t) / len(ps)
         for p, m in zip(ps, masks):
             emit("chan_vese", p, m, dt)
@@ -308,7 +331,8 @@ def run_level(
         ps = todo["sequential"]
         t = time.perf_counter()
         masks = chan_vese_sweep(
-            [starts[p.index][2] for p in ps], lams, init_masks=[starts[p.index][1] for p in ps]
+            [starts[p.index][2] for p in ps], lams, init_masks=[starts[p.index][1] for p in ps],
+            batch=batch,
         )
         dt = (time.perf_counter() - t) / len(ps)
         for p, m in zip(ps, masks):
