@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY_NAMES = {
     "Boxes": "self2seg_jax.initialisation",
+    "ClassBoxes": "self2seg_jax.initialisation",
+    "segment_multiclass": "self2seg_jax.api",
     "Self2SegConfig": "self2seg_jax.config",
     "Self2SegResult": "self2seg_jax.api",
     "segment": "self2seg_jax.api",
@@ -26,12 +28,13 @@ _LAZY_NAMES = {
     "relaxed_mask": "self2seg_jax.diff",
 }
 _SUBMODULES = {
-    "alternating", "api", "baselines", "cli", "config", "data", "diff", "energy", "experts",
-    "initialisation", "io", "metrics", "ops", "pdhg", "viz",
+    "alternating", "api", "baselines", "cli", "config", "data", "diff", "energy", "experiments",
+    "experts", "initialisation", "io", "metrics", "multiclass", "ops", "pdhg", "viz",
 }
 
 __all__ = [
     "Boxes",
+    "ClassBoxes",
     "Self2SegConfig",
     "Self2SegResult",
     "chan_vese",
@@ -42,6 +45,7 @@ __all__ = [
     "pdhg",
     "relaxed_mask",
     "segment",
+    "segment_multiclass",
     "sequential",
 ]
 

@@ -191,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="foreground box (half-open pixel ranges); repeatable")
     gi.add_argument("--bg-box", type=_box, action="append", default=[], metavar="Y0,X0,Y1,X1",
                     help="background box; repeatable (default: outside the foreground boxes)")
+    gm = seg.add_argument_group(
+        "multi-class, colour and 3-D (a 3-axis file is never guessed: say what it is)")
+    gm.add_argument("--classes", type=int, default=None, metavar="C",
+                    help="number of classes C >= 2 (default 2); C > 2 also writes "
+                    "<name>_labels.tif (uint8 0..C-1; --init may then be a label image)")
+    gm.add_argument("--channel-axis", type=int, default=None, metavar="AXIS",
+                    help="the file has colour/channels on this axis (e.g. -1 for RGB)")
+    gm.add_argument("--volume", action="store_true",
+                    help="the file is a (z, y, x) stack (multi-page TIFF or .npy): 3-D TV and "
+                    "3-D CNN experts")
+    gm.add_argument("--spacing", type=_floats, default=None, metavar="DZ,DY,DX",
+                    help="grid step per spatial axis, e.g. 3,1,1 when z steps are 3x the pixel size")
     ge = seg.add_argument_group("evaluation and output")
     ge.add_argument("--gt", type=Path, metavar="MASK",
                     help="ground-truth mask (non-zero = foreground): report Dice and IoU")
@@ -442,6 +454,52 @@ class _Progress:
 # one image
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return vals
+
+
+def _nd_options(args) -> dict:
+    """segment() keyword arguments of the multi-class / colour / 3-D options."""
+    kw = {}
+    if getattr(args, "classes", None) is not None:
+        kw["num_classes"] = args.classes
+    if getattr(args, "channel_axis", None) is not None:
+        kw["channel_axis"] = args.channel_axis
+    if getattr(args, "volume", False):
+        kw["volume"] = True
+    if getattr(args, "spacing", None) is not None:
+        kw["spacing"] = args.spacing
+    return kw
+
+
+def _spatial_shape(image, kw) -> tuple:
+    shape = list(image.shape)
+    if "channel_axis" in kw and -len(shape) <= kw["channel_axis"] < len(shape):
+        shape.pop(kw["channel_axis"])
+    return tuple(shape)
+
+
+def _view2d(image, res, gt, kw):
+    """2-D views for the overview figure: the middle z slice of a volume, the channel mean of
+    a colour image."""
+    import numpy as np
+
+    if "channel_axis" in kw:
+        image = np.moveaxis(np.asarray(image, np.float32), kw["channel_axis"], -1).mean(-1)
+        res = dataclasses.replace(
+            res, denoised=np.moveaxis(res.denoised, kw["channel_axis"], -1).mean(-1))
+    if kw.get("volume"):
+        z = image.shape[0] // 2
+        image = image[z]
+        res = dataclasses.replace(res, mask=res.mask[z], denoised=res.denoised[z], u=res.u[z])
+        gt = gt[z] if gt is not None else None
+    return image, res, gt
+
+
 def _output_paths(outdir: Path, name: str, png: bool) -> dict:
     return {
         "mask": outdir / f"{name}_mask{'.png' if png else '.tif'}",
@@ -479,21 +537,30 @@ def _run_one(args, config, extra, image, name: str, outdir: Path, *, init, init_
     from self2seg_jax.api import segment
 
     seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
+    kw = _nd_options(args)
     paths = _output_paths(outdir, name, getattr(args, "png", False))
+    if kw.get("num_classes", 2) > 2:
+        paths["labels"] = outdir / f"{name}_labels.tif"
+    if getattr(args, "png", False) and kw.get("volume"):
+        raise CLIError("--png cannot hold a 3-D mask; drop --png for volumes")
     extra_outputs = dict(extra_outputs or {})
     _check_outputs(list(paths.values()) + [outdir / n for n in extra_outputs], inputs,
                    args.overwrite)
-    _check_same_shape("ground truth", getattr(args, "gt", None), gt, image)
+    spatial = _spatial_shape(image, kw)
+    if gt is not None and gt.shape != spatial:
+        raise CLIError(f"ground truth {args.gt} has shape {gt.shape}, the image has spatial "
+                       f"shape {spatial}")
     _check_same_shape("clean image", getattr(args, "clean", None), clean, image)
 
     t0 = time.perf_counter()
-    traces0 = alternating.TRACE_COUNT[0]
+    from self2seg_jax import multiclass
+
+    traces0 = alternating.TRACE_COUNT[0] + multiclass.TRACE_COUNT[0]
     with warnings.catch_warnings(record=True) as caught, _Progress(args, name):
         warnings.simplefilter("always")
-        res = segment(jax.random.key(seed), image, init=init, config=config)
-        jax.block_until_ready(res.u)
+        res = segment(jax.random.key(seed), image, init=init, config=config, **kw)
     t_seg = time.perf_counter() - t0
-    compiled = alternating.TRACE_COUNT[0] != traces0
+    compiled = alternating.TRACE_COUNT[0] + multiclass.TRACE_COUNT[0] != traces0
     warn_msgs = [_one_line(w.message) for w in caught if issubclass(w.category, Warning)]
     for w in warn_msgs:
         _log(args, f"  {name}: warning: {w}")
@@ -513,6 +580,10 @@ def _run_one(args, config, extra, image, name: str, outdir: Path, *, init, init_
         "pd_iterations": [int(i) for i in res.pd_iterations],
         "train_steps": np.asarray(res.train_steps).tolist(),
         "foreground_fraction": float(res.mask.mean()),
+        "num_classes": int(res.probabilities.shape[0]),
+        "class_fractions": np.bincount(res.labels.ravel(), minlength=res.probabilities.shape[0])
+        .astype(float).__truediv__(res.labels.size).tolist(),
+        "layout": {k: v for k, v in kw.items() if k != "num_classes"},
         "warnings": warn_msgs,
     }
     if gt is not None:
@@ -528,11 +599,14 @@ def _run_one(args, config, extra, image, name: str, outdir: Path, *, init, init_
     report["outputs"] = outputs
 
     t1 = time.perf_counter()
-    fig = viz.overview_figure(image, res, gt=gt, title=name)
+    im2, res2, gt2 = _view2d(image, res, gt, kw)
+    fig = viz.overview_figure(im2, res2, gt=gt2, title=name)
     try:
         with io.AtomicGroup(overwrite=args.overwrite) as group:
             group.image(paths["mask"], res.mask.astype(np.uint8))
             group.image(paths["denoised"], res.denoised.astype(np.float32))
+            if "labels" in paths:
+                group.image(paths["labels"], res.labels.astype(np.uint8))
             for n, arr in extra_outputs.items():
                 group.image(outdir / n, arr)
             group.figure(paths["overlay"], fig)
@@ -589,13 +663,13 @@ def _resolve_init(args, extra):
     return "mask", Path(init_arg)
 
 
-def _read(path: Path, what: str | None = None):
+def _read(path: Path, what: str | None = None, allow_nd: bool = False):
     from self2seg_jax import io
 
     if what is None:
-        return io.read_image(path)
+        return io.read_image(path, allow_nd=allow_nd)
     try:
-        return io.read_image(path)
+        return io.read_image(path, allow_nd=allow_nd)
     except io.ImageReadError as e:
         raise CLIError(f"{what}: {e}") from None
 
@@ -604,11 +678,14 @@ def cmd_segment(args) -> int:
     config, extra = _config_from_args(args)
     init_kind, init_val = _resolve_init(args, extra)
     _check_outdir(args.outdir)
-    gt = (_read(args.gt, "--gt") > 0) if args.gt is not None else None
-    clean = _read(args.clean, "--clean") if args.clean is not None else None
+    nd = bool(_nd_options(args))
+    multi = (args.classes or 2) > 2
+    gt = (_read(args.gt, "--gt", nd) > 0) if args.gt is not None else None
+    clean = _read(args.clean, "--clean", nd) if args.clean is not None else None
     init_mask = None
     if init_kind == "mask":
-        init_mask = _read(init_val, "--init mask") > 0
+        init_mask = _read(init_val, "--init mask", nd)
+        init_mask = init_mask.astype("int32") if multi else init_mask > 0
         init_desc = {"mask": str(init_val)}
     elif init_kind == "boxes":
         init_desc = {"fg_boxes": [list(b) for b in init_val.fg],
@@ -632,16 +709,19 @@ def cmd_segment(args) -> int:
         prefix = f"[{i}/{n}] " if n > 1 else ""
         try:
             t0 = time.perf_counter()
-            image = _read(path)
+            image = _read(path, allow_nd=nd)
             t_read = time.perf_counter() - t0
+            if image.ndim == 3 and not nd:
+                raise CLIError(f"{path}: has 3 axes {image.shape}; pass --channel-axis -1 for a "
+                               "colour image or --volume for a (z, y, x) stack")
             if init_kind == "mask":
-                if init_mask.shape != image.shape:
+                if init_mask.shape != _spatial_shape(image, _nd_options(args)):
                     raise CLIError(f"--init mask {init_val} has shape {init_mask.shape}, the "
                                    f"image has shape {image.shape}")
                 init = init_mask
             else:
                 init = init_val
-            _log(args, f"{prefix}{path}: {image.shape[0]}x{image.shape[1]} {image.dtype}")
+            _log(args, f"{prefix}{path}: {'x'.join(map(str, image.shape))} {image.dtype}")
             rep = _run_one(args, config, extra, image, name, args.outdir, init=init,
                            init_desc=init_desc, gt=gt, clean=clean, inputs=inputs,
                            t_read=t_read)

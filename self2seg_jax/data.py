@@ -33,6 +33,14 @@ def load_sample(*, crop: tuple[int, int, int, int] | None = None) -> tuple[np.nd
     return img, gt
 
 
+def load_sample_3d() -> tuple[np.ndarray, np.ndarray]:
+    """The small synthetic 3-D nuclei stack: ``(volume float32 (31, 61, 57) z-y-x, gt bool)``.
+
+    From the ``stardist`` 0.9.2 wheel (BSD-3-Clause); see ``self2seg_jax/data/README.md``.
+    """
+    return _read_tif("img3d.tif").astype(np.float32), _read_tif("mask3d.tif") > 0
+
+
 def sample_patches(size: int = 128) -> list[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
     """The non-overlapping ``size x size`` patches of the sample: ``[((y, x), image, gt), ...]``."""
     img, gt = load_sample()

@@ -53,6 +53,10 @@ class TrainConfig:
       val_every: steps between validations (each validation is one full-image forward pass).
       n_average: number of last validation outputs averaged into the expert's output.
       conv_impl: ``"lax"`` or ``"loopsafe"`` (resolved from ``"auto"`` by the caller).
+      ndim: spatial dimensions of the image (2, or 3 for volumes: 3x3x3 convolutions and the
+        six 3-D checkerboard pairs).
+      channels: 0 for a single-channel image ``(*s)``; ``L >= 1`` for an ``(L, *s)`` image
+        (the CNN maps L channels to L channels, the constant expert has one mean per channel).
     """
 
     kind: str = "n2f"
@@ -65,17 +69,20 @@ class TrainConfig:
     val_every: int = 10
     n_average: int = 10
     conv_impl: str = "loopsafe"
+    ndim: int = 2
+    channels: int = 0
 
 
 class _Conv(nn.Module):
     features: int
     kernel_size: int = 3
     impl: str = "lax"
+    ndim: int = 2
 
     @nn.compact
     def __call__(self, x):
-        k = self.kernel_size
-        w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        k = (self.kernel_size,) * self.ndim
+        w = self.param("kernel", nn.initializers.lecun_normal(), k + (x.shape[-1], self.features))
         b = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return ops.conv2d(x, w, impl=self.impl) + b
 
@@ -84,37 +91,55 @@ class N2FNet(nn.Module):
     """Noise2Fast/Self2Seg expert CNN: ``depth`` x [3x3 conv, ReLU] -> 1x1 conv -> sigmoid.
 
     Zero ("SAME") padding is used (the authors use reflect padding, which doubles XLA:CPU's
-    forward cost; see PERF notes). Maps ``(h, w)`` to ``(h, w)`` (any leading batch axes).
+    forward cost; see PERF notes). Maps ``(*b, *s)`` to ``(*b, *s)`` (``channels = 0``) or
+    ``(*b, L, *s)`` to ``(*b, L, *s)`` (``channels = L``), ``len(s) == ndim``.
     """
 
     width: int = 32
     depth: int = 4
     impl: str = "lax"
+    ndim: int = 2
+    channels: int = 0
 
     @nn.compact
     def __call__(self, x):
-        lead = x.shape[:-2]
-        h = x.reshape((-1,) + x.shape[-2:] + (1,))
+        nd, nc = self.ndim, self.channels
+        if nc:
+            lead, core = x.shape[: -(nd + 1)], x.shape[-(nd + 1) :]
+            h = jnp.moveaxis(x.reshape((-1,) + core), 1, -1)
+        else:
+            lead, core = x.shape[:-nd], x.shape[-nd:]
+            h = x.reshape((-1,) + core + (1,))
         for _ in range(self.depth):
-            h = nn.relu(_Conv(self.width, 3, self.impl)(h))
-        h = nn.Dense(1)(h)
-        return nn.sigmoid(h[..., 0]).reshape(lead + x.shape[-2:])
+            h = nn.relu(_Conv(self.width, 3, self.impl, nd)(h))
+        h = nn.sigmoid(nn.Dense(max(nc, 1))(h))
+        if nc:
+            return jnp.moveaxis(h, -1, 1).reshape(lead + core)
+        return h[..., 0].reshape(lead + core)
 
 
 def make_net(cfg: TrainConfig) -> N2FNet:
-    return N2FNet(width=cfg.width, depth=cfg.depth, impl=cfg.conv_impl)
+    return N2FNet(
+        width=cfg.width, depth=cfg.depth, impl=cfg.conv_impl, ndim=cfg.ndim, channels=cfg.channels
+    )
+
+
+def image_shape(cfg: TrainConfig, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of an image for ``cfg``: ``spatial`` or ``(channels, *spatial)``."""
+    return ((cfg.channels,) if cfg.channels else ()) + tuple(spatial)
 
 
 def init_params(key: jax.Array, cfg: TrainConfig) -> Any:
     """Fresh expert parameters for ``cfg.kind`` (a pytree; ``key`` used by ``"n2f"`` only)."""
     if cfg.kind == "n2f":
-        return make_net(cfg).init(key, jnp.zeros((8, 8), jnp.float32))["params"]
+        dummy = jnp.zeros(image_shape(cfg, (8,) * cfg.ndim), jnp.float32)
+        return make_net(cfg).init(key, dummy)["params"]
     if cfg.kind == "linear":
         k = cfg.linear_size
         w = jnp.zeros((k, k), jnp.float32).at[k // 2, k // 2].set(1.0)
         return {"kernel": w, "bias": jnp.zeros((), jnp.float32)}
     if cfg.kind == "constant":
-        return {"c": jnp.zeros((), jnp.float32)}
+        return {"c": jnp.zeros((cfg.channels,) if cfg.channels else (), jnp.float32)}
     raise ValueError(f"unknown expert kind {cfg.kind!r}; expected one of {EXPERT_KINDS}")
 
 
@@ -127,12 +152,15 @@ def apply_expert(params: Any, f: jax.Array, cfg: TrainConfig) -> jax.Array:
         out = ops.conv2d(f[None, :, :, None], k[:, :, None, None], impl="lax")[0, :, :, 0]
         return out + params["bias"]
     if cfg.kind == "constant":
-        return jnp.broadcast_to(params["c"], f.shape).astype(f.dtype)
+        c = params["c"]
+        return jnp.broadcast_to(c.reshape(c.shape + (1,) * (f.ndim - c.ndim)), f.shape).astype(f.dtype)
     raise ValueError(f"unknown expert kind {cfg.kind!r}")
 
 
 def _weighted_mse(pred, target, w):
-    return jnp.sum(w * (pred - target) ** 2) / (jnp.sum(w) + 1e-8)
+    """``mean_w (pred - target)^2``; ``w`` broadcasts over leading (channel) axes."""
+    n_ch = pred.size // w.size
+    return jnp.sum(w * (pred - target) ** 2) / ((jnp.sum(w) + 1e-8) * n_ch)
 
 
 # ----------------------------------------------------------------------------------------
@@ -141,9 +169,14 @@ def _weighted_mse(pred, target, w):
 
 
 def fit_constant(f: jax.Array, w: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-    """Exact minimiser of ``sum w (f - c)^2``: ``c`` = weighted mean (Chan–Vese update)."""
-    c = jnp.sum(w * f) / (jnp.sum(w) + 1e-8)
-    return {"c": c}, jnp.full_like(f, c), jnp.asarray(0, jnp.int32)
+    """Exact minimiser of ``sum w (f - c)^2``: ``c`` = weighted mean (Chan–Vese update).
+
+    ``f`` is ``(*s)`` (scalar ``c``) or ``(L, *s)`` with ``w`` ``(*s)`` (one mean per channel).
+    """
+    axes = tuple(range(f.ndim - w.ndim, f.ndim))
+    c = jnp.sum(w * f, axis=axes) / (jnp.sum(w) + 1e-8)
+    den = jnp.broadcast_to(c.reshape(c.shape + (1,) * w.ndim), f.shape).astype(f.dtype)
+    return {"c": c}, den, jnp.asarray(0, jnp.int32)
 
 
 def fit_linear(f: jax.Array, w: jax.Array, cfg: TrainConfig, ridge: float = 1e-5):
@@ -192,7 +225,8 @@ def fit_n2f(
 ) -> tuple[Any, jax.Array, jax.Array]:
     """Region-masked Noise2Fast training of the CNN expert (eq. (12)) in compiled loops.
 
-    One Adam step per training pair, cycling through the four checkerboard pairs; every
+    One Adam step per training pair, cycling through the checkerboard pairs (4 in 2-D, 6 in
+    3-D); ``f`` is ``(*s)`` or ``(L, *s)`` (``cfg.channels``), ``w`` is ``(*s)``; every
     ``val_every`` steps the full image is denoised and scored by ``mean_w (D(f) - f)^2``; stop
     after ``min_steps`` once the score has not improved for ``patience`` steps, or at
     ``max_steps``. Deterministic given ``params`` (no randomness inside).
@@ -203,19 +237,20 @@ def fit_n2f(
     """
     net = make_net(cfg)
     tx = optax.scale_by_adam()
-    pairs = ops.checkerboard_pairs(f)
-    wpairs = ops.checkerboard_pairs(w)
+    pairs = ops.checkerboard_pairs_nd(f, cfg.ndim)
+    wpairs = ops.checkerboard_pairs_nd(w, cfg.ndim)
+    n_pairs = len(pairs)
     # The loss of a pair whose target pixels carry no weight is 0 (not NaN) by construction.
 
     def loss_fn(p, j):
         (x, y), (_, wt) = pairs[j], wpairs[j]
         return _weighted_mse(net.apply({"params": p}, x), y, wt)
 
-    grad_fns = [lambda p, j=j: jax.grad(loss_fn)(p, j) for j in range(4)]
+    grad_fns = [lambda p, j=j: jax.grad(loss_fn)(p, j) for j in range(n_pairs)]
 
     def train_step(step, carry):
         params, opt_state = carry
-        g = lax.switch(step % 4, grad_fns, params)
+        g = lax.switch(step % n_pairs, grad_fns, params)
         upd, opt_state = tx.update(g, opt_state, params)
         params = jax.tree.map(lambda a, b: a - lr * b, params, upd)
         return params, opt_state

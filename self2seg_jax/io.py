@@ -26,9 +26,11 @@ import numpy as np
 READ_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 WRITE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 SUPPORTED_SHAPES = (
-    "supported: one 2-D (height, width) greyscale image; multi-page TIFFs, stacks and images "
-    "with colour channels are not supported (convert to greyscale / split the pages first)"
+    "supported here: one 2-D (height, width) greyscale image; colour images and multi-page "
+    "stacks need the multi-channel / volume options (self2seg segment --channel-axis -1 for "
+    "colour, --volume for a z-stack)"
 )
+SUPPORTED_ND = "supported: 2-D, colour (h, w, L), stacks (z, y, x) and (z, y, x, L)"
 
 _GREY_PIL_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1")
 
@@ -37,8 +39,12 @@ class ImageReadError(ValueError):
     """A file could not be read as a supported 2-D image (message names file and problem)."""
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, *, allow_nd: bool = False) -> np.ndarray:
     """Read a 2-D greyscale image file as a NumPy array (its own dtype; bool becomes uint8).
+
+    With ``allow_nd=True`` colour images (``(h, w, 3|4)``; a constant alpha is dropped) and
+    multi-page TIFF stacks (``(z, y, x)`` or ``(z, y, x, L)``) are returned as they are, up to
+    4 axes; what the axes mean is the caller's to say.
 
     Raises:
       ImageReadError: (a ``ValueError``) missing / unreadable file, unsupported format, shape
@@ -57,11 +63,11 @@ def read_image(path) -> np.ndarray:
         )
     try:
         if suffix in (".tif", ".tiff"):
-            a = _read_tiff(p)
+            a = _read_tiff(p, allow_nd)
         elif suffix == ".npy":
             a = np.load(p, allow_pickle=False)
         else:
-            a = _read_pil(p)
+            a = _read_pil(p, allow_nd)
     except ImageReadError:
         raise
     except Exception as e:
@@ -71,7 +77,12 @@ def read_image(path) -> np.ndarray:
     if a.ndim > 2:
         # drop singleton page / channel axes, e.g. (1, h, w) or (h, w, 1)
         a = a.reshape([n for n in a.shape if n != 1]) if a.ndim - 2 == a.shape.count(1) else a
-    if a.ndim != 2:
+    if allow_nd:
+        if a.ndim == 3 and a.shape[-1] == 4 and np.all(a[..., 3] == a.flat[3]):
+            a = a[..., :3]  # constant alpha
+        if not 2 <= a.ndim <= 4:
+            raise ImageReadError(f"{p}: image has shape {a.shape}; {SUPPORTED_ND}")
+    elif a.ndim != 2:
         raise ImageReadError(f"{p}: image has shape {a.shape}; {SUPPORTED_SHAPES}")
     if a.size == 0:
         raise ImageReadError(f"{p}: image is empty (shape {a.shape})")
@@ -84,22 +95,22 @@ def read_image(path) -> np.ndarray:
     return a
 
 
-def _read_tiff(p: Path) -> np.ndarray:
+def _read_tiff(p: Path, allow_nd: bool = False) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(p) as tif:
         n = len(tif.pages)
         if n == 0:
             raise ImageReadError(f"{p}: cannot read image (TIFF contains no image)")
-        if n > 1:
+        if n > 1 and not allow_nd:
             raise ImageReadError(f"{p}: multi-page TIFF ({n} pages); {SUPPORTED_SHAPES}")
         a = tif.asarray()
-    if a.ndim == 3 and a.shape[-1] in (3, 4) and _is_grey(a):
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and _is_grey(a) and not allow_nd:
         a = a[..., 0]
     return a
 
 
-def _read_pil(p: Path) -> np.ndarray:
+def _read_pil(p: Path, allow_nd: bool = False) -> np.ndarray:
     from PIL import Image
 
     with Image.open(p) as im:
@@ -118,6 +129,8 @@ def _read_pil(p: Path) -> np.ndarray:
         a = np.asarray(im)
     if _is_grey(a):
         return a[..., 0]
+    if allow_nd:
+        return a
     raise ImageReadError(f"{p}: colour image with shape {a.shape}; {SUPPORTED_SHAPES}")
 
 

@@ -15,6 +15,7 @@ exact negative adjoint, ``<grad u, p> = -<u, div p>``. The operator norm satisfi
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,63 @@ def grad(u: jax.Array) -> jax.Array:
     return jnp.stack(grad_components(u), axis=-3)
 
 
-def _pad_last2(x, rows, cols):
-    return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [rows, cols])
+def _pad_axis(x, axis, before, after):
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (before, after)
+    return jnp.pad(x, pads)
+
+
+def _spacing(ndim: int, spacing) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    sp = tuple(float(v) for v in spacing)
+    if len(sp) != ndim:
+        raise ValueError(f"spacing must have {ndim} entries (one per spatial axis), got {sp}")
+    return sp
+
+
+def grad_nd(u: jax.Array, ndim: int = 2, spacing=None) -> tuple[jax.Array, ...]:
+    """Forward-difference gradient over the last ``ndim`` axes, as components.
+
+    Args:
+      u: ``(*b, *s)`` with ``len(s) == ndim``.
+      ndim: number of spatial axes (2 for images, 3 for volumes).
+      spacing: optional grid steps ``(h_1, ..., h_ndim)`` (e.g. ``(z_step, 1, 1)`` for an
+        anisotropic volume); component ``a`` is ``(u[x + e_a] - u[x]) / h_a``, 0 on the last
+        slice along axis ``a`` (Neumann).
+
+    Returns:
+      ``ndim`` arrays of shape ``(*b, *s)`` (component form; see :func:`grad_components`).
+    """
+    sp = _spacing(ndim, spacing)
+    out = []
+    for a in range(ndim):
+        ax = u.ndim - ndim + a
+        d = lax.slice_in_dim(u, 1, None, axis=ax) - lax.slice_in_dim(u, 0, -1, axis=ax)
+        d = _pad_axis(d, ax, 0, 1)
+        out.append(d if sp[a] == 1.0 else d / sp[a])
+    return tuple(out)
+
+
+def div_nd(ps, ndim: int = 2, spacing=None) -> jax.Array:
+    """Divergence of the field ``ps`` (``ndim`` components ``(*b, *s)``), the exact negative
+    adjoint of :func:`grad_nd` with the same ``spacing``."""
+    sp = _spacing(ndim, spacing)
+    total = None
+    for a, p in enumerate(ps):
+        ax = p.ndim - ndim + a
+        # Components on the last slice are never produced by grad (Neumann) and are ignored,
+        # which is exactly what makes div the adjoint.
+        q = lax.slice_in_dim(p, 0, -1, axis=ax)
+        d = _pad_axis(q, ax, 0, 1) - _pad_axis(q, ax, 1, 0)
+        d = d if sp[a] == 1.0 else d / sp[a]
+        total = d if total is None else total + d
+    return total
+
+
+def grad_norm_sq_bound(ndim: int = 2, spacing=None) -> float:
+    """Upper bound ``4 sum_a 1/h_a^2`` of ``||grad_nd||^2`` (8 for a 2-D unit grid)."""
+    return 4.0 * sum(1.0 / h**2 for h in _spacing(ndim, spacing))
 
 
 def grad_components(u: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -47,19 +103,12 @@ def grad_components(u: jax.Array) -> tuple[jax.Array, jax.Array]:
     Hot loops use the component form: on XLA:CPU a primal–dual step written on the stacked
     ``(2, h, w)`` field runs ~8x slower (measured) than the same step on two separate arrays.
     """
-    gy = _pad_last2(u[..., 1:, :] - u[..., :-1, :], (0, 1), (0, 0))
-    gx = _pad_last2(u[..., :, 1:] - u[..., :, :-1], (0, 0), (0, 1))
-    return gy, gx
+    return grad_nd(u, 2)
 
 
 def div_components(py: jax.Array, px: jax.Array) -> jax.Array:
     """:func:`div` of the field given as components ``(py, px)``, each ``(*b, h, w)``."""
-    # Components on the last row / column are never produced by grad (Neumann), so they are
-    # ignored here, which is exactly what makes div the adjoint.
-    py, px = py[..., :-1, :], px[..., :, :-1]
-    dy = _pad_last2(py, (0, 1), (0, 0)) - _pad_last2(py, (1, 0), (0, 0))
-    dx = _pad_last2(px, (0, 0), (0, 1)) - _pad_last2(px, (0, 0), (1, 0))
-    return dy + dx
+    return div_nd((py, px), 2)
 
 
 def div(p: jax.Array) -> jax.Array:
@@ -76,8 +125,24 @@ def div(p: jax.Array) -> jax.Array:
 
 def _safe_hypot(a: jax.Array, b: jax.Array) -> jax.Array:
     """``sqrt(a^2 + b^2)`` whose derivative is 0 (not NaN) where it is 0."""
-    sq = a * a + b * b
+    return _safe_norm((a, b))
+
+
+def _safe_norm(comps) -> jax.Array:
+    """Pointwise Euclidean norm of components, with derivative 0 (not NaN) where it is 0."""
+    sq = sum(c * c for c in comps)
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+
+def tv_nd(u: jax.Array, ndim: int = 2, spacing=None, *, isotropic: bool = True) -> jax.Array:
+    """Total variation over the last ``ndim`` axes (grid steps ``spacing``); ``(*b,)``.
+
+    Isotropic: ``sum_x |grad u(x)|_2``; anisotropic: ``sum_x sum_a |d_a u(x)|``. With a
+    spacing, ``h_a`` only scales the differences (TV is counted per grid point).
+    """
+    g = grad_nd(u, ndim, spacing)
+    mag = _safe_norm(g) if isotropic else sum(jnp.abs(c) for c in g)
+    return jnp.sum(mag, axis=tuple(range(-ndim, 0)))
 
 
 def tv(u: jax.Array, *, isotropic: bool = True) -> jax.Array:
@@ -90,9 +155,7 @@ def tv(u: jax.Array, *, isotropic: bool = True) -> jax.Array:
     Returns:
       ``(*b,)`` total variation.
     """
-    gy, gx = grad_components(u)
-    mag = _safe_hypot(gy, gx) if isotropic else jnp.abs(gy) + jnp.abs(gx)
-    return jnp.sum(mag, axis=(-2, -1))
+    return tv_nd(u, 2, isotropic=isotropic)
 
 
 def huber_tv(u: jax.Array, eps: jax.Array | float, *, isotropic: bool = True) -> jax.Array:
@@ -128,10 +191,7 @@ def project_dual_ball_components(
     py: jax.Array, px: jax.Array, lam: jax.Array | float, *, isotropic: bool = True
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`project_dual_ball` on the components ``(py, px)`` of the field (hot-loop form)."""
-    if isotropic:
-        scale = lam / jnp.maximum(lam, _safe_hypot(py, px))
-        return py * scale, px * scale
-    return jnp.clip(py, -lam, lam), jnp.clip(px, -lam, lam)
+    return project_dual_ball_nd((py, px), lam, isotropic=isotropic)
 
 
 def project_box(u: jax.Array) -> jax.Array:
@@ -139,14 +199,43 @@ def project_box(u: jax.Array) -> jax.Array:
     return jnp.clip(u, 0.0, 1.0)
 
 
-def mean_filter(x: jax.Array, size: int) -> jax.Array:
-    """Mean filter ``K_sigma`` with a ``size x size`` window (paper Example 1).
+def project_dual_ball_nd(ps, lam, *, isotropic: bool = True) -> tuple[jax.Array, ...]:
+    """:func:`project_dual_ball_components` for any number of components."""
+    if isotropic:
+        scale = lam / jnp.maximum(lam, _safe_norm(ps))
+        return tuple(p * scale for p in ps)
+    return tuple(jnp.clip(p, -lam, lam) for p in ps)
+
+
+def project_simplex(v: jax.Array, axis: int = 0) -> jax.Array:
+    """Euclidean projection onto the probability simplex ``{u >= 0, sum_axis u = 1}``.
+
+    Pointwise along ``axis`` (the class axis): ``u = max(v - t, 0)`` with the threshold ``t``
+    found by sorting (Held et al. 1974; Duchi et al. 2008). ``O(C log C)`` per pixel.
+
+    Args:
+      v: ``(..., C, ...)`` float array.
+    """
+    v = jnp.moveaxis(v, axis, 0)
+    c = v.shape[0]
+    srt = -jnp.sort(-v, axis=0)  # descending
+    css = jnp.cumsum(srt, axis=0) - 1.0
+    k = jnp.arange(1, c + 1, dtype=v.dtype).reshape((c,) + (1,) * (v.ndim - 1))
+    cond = srt - css / k > 0
+    rho = jnp.sum(cond, axis=0, keepdims=True)  # >= 1 always
+    t = jnp.take_along_axis(css, rho - 1, axis=0) / rho.astype(v.dtype)
+    return jnp.moveaxis(jnp.maximum(v - t, 0.0), 0, axis)
+
+
+def mean_filter(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
+    """Mean filter ``K_sigma`` with a ``size^ndim`` window over the last ``ndim`` axes
+    (paper Example 1).
 
     Near the border the mean is taken over the pixels of the window that lie inside the
     image (no padding values enter the average).
 
     Args:
-      x: ``(*b, h, w)``.
+      x: ``(*b, *s)``.
       size: odd window size; ``size <= 1`` returns ``x`` unchanged.
     """
     if size <= 1:
@@ -155,12 +244,42 @@ def mean_filter(x: jax.Array, size: int) -> jax.Array:
         raise ValueError(f"mean filter size must be odd, got {size}")
     r = size // 2
     nd = x.ndim
-    window = (1,) * (nd - 2) + (size, size)
-    pads = [(0, 0)] * (nd - 2) + [(r, r), (r, r)]
+    window = (1,) * (nd - ndim) + (size,) * ndim
+    pads = [(0, 0)] * (nd - ndim) + [(r, r)] * ndim
     s = lax.reduce_window(x, 0.0, lax.add, window, (1,) * nd, pads)
-    ones = jnp.ones(x.shape[-2:], x.dtype)
-    c = lax.reduce_window(ones, 0.0, lax.add, (size, size), (1, 1), [(r, r), (r, r)])
+    ones = jnp.ones(x.shape[-ndim:], x.dtype)
+    c = lax.reduce_window(ones, 0.0, lax.add, (size,) * ndim, (1,) * ndim, [(r, r)] * ndim)
     return s / c
+
+
+def checkerboard_pairs_nd(x: jax.Array, ndim: int = 2) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """Noise2Fast checkerboard down-sampling over the last ``ndim`` axes (paper §4.3).
+
+    The voxels of a checkerboard (index sum even / odd) are squeezed along one spatial axis,
+    which halves that axis; for each axis (last first) this gives the pairs
+    ``(x_even, x_odd), (x_odd, x_even)`` — ``2 * ndim`` (input, target) pairs. In 2-D these
+    are the four pairs of :func:`checkerboard_pairs`; in 3-D six.
+
+    Args:
+      x: ``(*b, *s)``; an odd size along a spatial axis is cropped by one.
+    """
+    lead = x.ndim - ndim
+    x = x[(Ellipsis,) + tuple(slice(0, n // 2 * 2) for n in x.shape[lead:])]
+    spatial = x.shape[lead:]
+    pairs = []
+    for a in reversed(range(ndim)):
+        ax = lead + a
+        a0 = lax.slice_in_dim(x, 0, None, 2, axis=ax)
+        a1 = lax.slice_in_dim(x, 1, None, 2, axis=ax)
+        # parity of the sum of the other spatial indices, broadcast over the squeezed shape
+        par = sum(
+            (jnp.arange(n) % 2).reshape([n if k == b else 1 for k in range(ndim)])
+            for b, n in enumerate(spatial) if b != a
+        )
+        odd = (par % 2 == 1) if ndim > 1 else jnp.zeros((1,), bool)
+        even_v, odd_v = jnp.where(odd, a1, a0), jnp.where(odd, a0, a1)
+        pairs += [(even_v, odd_v), (odd_v, even_v)]
+    return tuple(pairs)
 
 
 def checkerboard_pairs(x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
@@ -175,37 +294,24 @@ def checkerboard_pairs(x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
     Args:
       x: ``(*b, h, w)``; an odd last row/column is dropped.
     """
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    x = x[..., :h, :w]
-    # Squeeze along x: rows keep their index, columns pair up.
-    a = x[..., :, 0::2]
-    b = x[..., :, 1::2]
-    odd_row = (jnp.arange(h) % 2 == 1)[:, None]
-    x_even = jnp.where(odd_row, b, a)
-    x_odd = jnp.where(odd_row, a, b)
-    # Squeeze along y.
-    c = x[..., 0::2, :]
-    d = x[..., 1::2, :]
-    odd_col = (jnp.arange(w) % 2 == 1)[None, :]
-    y_even = jnp.where(odd_col, d, c)
-    y_odd = jnp.where(odd_col, c, d)
-    return ((x_even, x_odd), (x_odd, x_even), (y_even, y_odd), (y_odd, y_even))
+    return checkerboard_pairs_nd(x, 2)
 
 
 # --------------------------------------------------------------------------------------
 # Convolution that stays fast inside compiled loops on XLA:CPU.
 # --------------------------------------------------------------------------------------
 
-_DN = ("NHWC", "HWIO", "NHWC")
+_DN = {4: ("NHWC", "HWIO", "NHWC"), 5: ("NDHWC", "DHWIO", "NDHWC")}
 
 
 def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN)
+    nsp = x.ndim - 2
+    return lax.conv_general_dilated(x, w, (1,) * nsp, "SAME", dimension_numbers=_DN[x.ndim])
 
 
 @jax.custom_vjp
 def conv2d_loopsafe(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``SAME`` (zero-padded) stride-1 2-D convolution with a loop-friendly backward pass.
+    """``SAME`` (zero-padded) stride-1 2-D or 3-D convolution with a loop-friendly backward pass.
 
     Forward is ``lax.conv_general_dilated``. The backward pass avoids the convolution
     *gradient* kernels, which XLA:CPU runs 10-20x slower inside ``while_loop``/``scan``
@@ -215,11 +321,11 @@ def conv2d_loopsafe(x: jax.Array, w: jax.Array) -> jax.Array:
     up to float rounding.
 
     Args:
-      x: ``(n, h, w, c_in)``.
-      w: ``(k, k, c_in, c_out)`` with odd ``k``.
+      x: ``(n, h, w, c_in)`` (or ``(n, d, h, w, c_in)`` in 3-D).
+      w: ``(k, k, c_in, c_out)`` (or ``(k, k, k, c_in, c_out)``) with odd ``k``.
 
     Returns:
-      ``(n, h, w, c_out)``.
+      ``(n, h, w, c_out)`` (or ``(n, d, h, w, c_out)``).
     """
     return _conv_same(x, w)
 
@@ -230,16 +336,17 @@ def _conv_fwd(x, w):
 
 def _conv_bwd(res, g):
     x, w = res
-    kh, kw = w.shape[0], w.shape[1]
-    dx = _conv_same(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
-    rh, rw = kh // 2, kw // 2
-    xp = jnp.pad(x, ((0, 0), (rh, rh), (rw, rw), (0, 0)))
-    hh, ww = x.shape[1], x.shape[2]
+    nsp = x.ndim - 2
+    ks = w.shape[:nsp]
+    sp_axes = tuple(range(nsp))
+    dx = _conv_same(g, jnp.swapaxes(jnp.flip(w, sp_axes), -1, -2))
+    xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
+    size = x.shape[1:-1]
     rows = []
-    for a in range(kh):
-        for b in range(kw):
-            rows.append(jnp.einsum("nhwc,nhwd->cd", xp[:, a : a + hh, b : b + ww, :], g))
-    dw = jnp.stack(rows, 0).reshape(kh, kw, x.shape[-1], g.shape[-1])
+    for off in itertools.product(*(range(k) for k in ks)):
+        win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, size))]
+        rows.append(jnp.tensordot(win, g, axes=(tuple(range(nsp + 1)), tuple(range(nsp + 1)))))
+    dw = jnp.stack(rows, 0).reshape(ks + (x.shape[-1], g.shape[-1]))
     return dx, dw.astype(w.dtype)
 
 
@@ -247,7 +354,8 @@ conv2d_loopsafe.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv2d(x: jax.Array, w: jax.Array, *, impl: str = "lax") -> jax.Array:
-    """``SAME`` stride-1 convolution, NHWC/HWIO; ``impl`` is ``"lax"`` or ``"loopsafe"``."""
+    """``SAME`` stride-1 convolution, NHWC/HWIO (NDHWC/DHWIO in 3-D); ``impl`` is ``"lax"``
+    or ``"loopsafe"``."""
     if impl == "loopsafe":
         return conv2d_loopsafe(x, w)
     if impl == "lax":
