@@ -159,6 +159,27 @@ def w_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> WSte
     return WStep(params, den, steps, key)
 
 
+def stop_rule(energies, k, e, change, finite, degenerate, hyper: Hyper, max_outer: int):
+    """Record ``E_k = e`` and decide the status after outer iteration ``k + 1`` (0-based ``k``).
+
+    In order: non-finite, degenerate (an empty class), mask converged (``change <= mask_tol``),
+    the paper's energy-decrease rule (decrease below ``energy_p`` x the previous decrease, or a
+    rise; from the third iteration), ``max_outer``. Shared by the two-class and multi-class
+    schemes. Returns ``(energies, status)``.
+    """
+    energies = energies.at[k].set(e)
+    prev = jnp.where(k >= 1, energies[jnp.maximum(k - 1, 0)], jnp.inf)
+    prev2 = jnp.where(k >= 2, energies[jnp.maximum(k - 2, 0)], jnp.inf)
+    dec, prev_dec = prev - e, prev2 - prev
+    energy_stop = (k >= 2) & (hyper.energy_p > 0) & ((dec < hyper.energy_p * prev_dec) | (dec < 0))
+    status = jnp.select(
+        [~finite, degenerate, change <= hyper.mask_tol, energy_stop, k + 1 >= max_outer],
+        [NONFINITE, DEGENERATE, CONVERGED, ENERGY_RULE, MAX_OUTER],
+        RUNNING,
+    ).astype(jnp.int32)
+    return energies, status
+
+
 def outer_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> SchemeState:
     """One outer iteration (W-step, u-step, threshold, bookkeeping). Pure."""
     return u_step(s, w_step(s, f, hyper, st), f, hyper, st)
@@ -185,19 +206,12 @@ def u_step(s: SchemeState, w: WStep, f: jax.Array, hyper: Hyper, st: SchemeStati
     mask = (sol.u >= hyper.threshold).astype(f.dtype)
     e = energy.joint_energy(mask, d[0], d[1], hyper.lam, isotropic=st.isotropic_tv)
     change = jnp.mean(jnp.abs(mask - s.mask))
-    k = s.it
-    energies = s.energies.at[k].set(e)
-    prev = jnp.where(k >= 1, s.energies[jnp.maximum(k - 1, 0)], jnp.inf)
-    prev2 = jnp.where(k >= 2, s.energies[jnp.maximum(k - 2, 0)], jnp.inf)
-    dec, prev_dec = prev - e, prev2 - prev
-    energy_stop = (k >= 2) & (hyper.energy_p > 0) & ((dec < hyper.energy_p * prev_dec) | (dec < 0))
     frac = jnp.mean(mask)
     finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(den)) & (sol.status != pdhg.NONFINITE)
-    status = jnp.select(
-        [~finite, (frac == 0) | (frac == 1), change <= hyper.mask_tol, energy_stop, k + 1 >= st.max_outer],
-        [NONFINITE, DEGENERATE, CONVERGED, ENERGY_RULE, MAX_OUTER],
-        RUNNING,
-    ).astype(jnp.int32)
+    energies, status = stop_rule(
+        s.energies, s.it, e, change, finite, (frac == 0) | (frac == 1), hyper, st.max_outer
+    )
+    k = s.it
     if st.progress:
         jax.debug.callback(_progress, k + 1, e, change, sol.it, steps, ordered=True)
     return SchemeState(

@@ -219,8 +219,6 @@ def segment(
         (num_classes is not None and num_classes != 2) or channel_axis is not None or volume
         or spacing is not None or class_experts is not None
         or type(init).__name__ == "ClassBoxes"
-        or (getattr(init, "dtype", None) is not None and np.issubdtype(init.dtype, np.integer)
-            and getattr(init, "ndim", 0) == 2 and np.asarray(init).max() > 1)
     )
     if general:
         return segment_multiclass(

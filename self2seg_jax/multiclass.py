@@ -34,15 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from self2seg_jax import experts, ops, pdhg
-from self2seg_jax.alternating import (
-    CONVERGED,
-    DEGENERATE,
-    ENERGY_RULE,
-    MAX_OUTER,
-    NONFINITE,
-    RUNNING,
-    Hyper,
-)
+from self2seg_jax.alternating import RUNNING, Hyper, stop_rule
 
 MC_KINDS = ("n2f", "constant")
 
@@ -166,19 +158,12 @@ def outer_step(s: MCState, f: jax.Array, hyper: Hyper, st: MCStatic) -> MCState:
     onehot = jax.nn.one_hot(labels, c, axis=0, dtype=f.dtype)
     e = labels_energy(labels, d, hyper.lam, st)
     change = jnp.mean((labels != s.labels).astype(f.dtype))
-    k = s.it
-    energies = s.energies.at[k].set(e)
-    prev = jnp.where(k >= 1, s.energies[jnp.maximum(k - 1, 0)], jnp.inf)
-    prev2 = jnp.where(k >= 2, s.energies[jnp.maximum(k - 2, 0)], jnp.inf)
-    dec, prev_dec = prev - e, prev2 - prev
-    energy_stop = (k >= 2) & (hyper.energy_p > 0) & ((dec < hyper.energy_p * prev_dec) | (dec < 0))
     sizes = jnp.sum(onehot, axis=tuple(range(1, onehot.ndim)))
     finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(den)) & (sol.status != pdhg.NONFINITE)
-    status = jnp.select(
-        [~finite, jnp.any(sizes == 0), change <= hyper.mask_tol, energy_stop, k + 1 >= st.max_outer],
-        [NONFINITE, DEGENERATE, CONVERGED, ENERGY_RULE, MAX_OUTER],
-        RUNNING,
-    ).astype(jnp.int32)
+    energies, status = stop_rule(
+        s.energies, s.it, e, change, finite, jnp.any(sizes == 0), hyper, st.max_outer
+    )
+    k = s.it
     return MCState(
         u=sol.u, p=sol.p, labels=labels, w=onehot, params=params, den=den, key=key, it=k + 1,
         energies=energies, changes=s.changes.at[k].set(change),

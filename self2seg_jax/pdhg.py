@@ -203,6 +203,20 @@ def pdhg_solve(
     eps = jnp.asarray(eps, dtype)
     tol = jnp.asarray(tol, dtype)
     state = pdhg_init(r, u0=u0, p0=p0)
+
+    def step(t):
+        return pdhg_step(t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic, accelerated=accelerated)
+
+    def rel_gap(t):
+        gap, scale = primal_dual_gap(t.u, t.p, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic)
+        return gap / scale
+
+    return _checked_loop(step, rel_gap, state, tol, max_iter, check_every)
+
+
+def _checked_loop(step, rel_gap, state, tol, max_iter: int, check_every: int):
+    """``lax.while_loop`` of ``check_every`` steps (a ``fori_loop``) between evaluations of the
+    relative gap; sets ``state.gap`` and ``state.status`` (CONVERGED / MAX_ITER / NONFINITE)."""
     n_checks = max(1, -(-max_iter // check_every))
 
     def cond(carry):
@@ -211,18 +225,8 @@ def pdhg_solve(
 
     def body(carry):
         s, k = carry
-        s = lax.fori_loop(
-            0,
-            check_every,
-            lambda _, t: pdhg_step(
-                t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic, accelerated=accelerated
-            ),
-            s,
-        )
-        gap, scale = primal_dual_gap(
-            s.u, s.p, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic
-        )
-        rel = gap / scale
+        s = lax.fori_loop(0, check_every, lambda _, t: step(t), s)
+        rel = rel_gap(s)
         finite = jnp.isfinite(rel) & jnp.all(jnp.isfinite(s.u))
         status = jnp.where(
             ~finite,
@@ -368,33 +372,18 @@ def simplex_solve(
     p = tuple(jnp.zeros_like(d) for _ in range(ndim)) if p0 is None else tuple(p0)
     half = 0.5 * lam
 
-    def one(_, s: SimplexState):
+    def one(s: SimplexState):
         g = ops.grad_nd(s.u_bar, ndim, spacing)
         p = ops.project_dual_ball_nd(tuple(a + sigma * b for a, b in zip(s.p, g)), half, isotropic=isotropic)
         v = (s.u + tau * (ops.div_nd(p, ndim, spacing) - d + mu * u_ref)) / (1.0 + tau * mu)
         u = ops.project_simplex(v, axis=0)
         return s._replace(u=u, u_bar=2.0 * u - s.u, p=p, it=s.it + 1)
 
-    n_checks = max(1, -(-max_iter // check_every))
-
-    def cond(carry):
-        s, k = carry
-        return (s.status == RUNNING) & (k < n_checks)
-
-    def body(carry):
-        s, k = carry
-        s = lax.fori_loop(0, check_every, one, s)
-        rel = _simplex_gap(s, d, lam, mu, u_ref, ndim, spacing, isotropic)
-        finite = jnp.isfinite(rel) & jnp.all(jnp.isfinite(s.u))
-        status = jnp.where(
-            ~finite, NONFINITE,
-            jnp.where(rel <= tol, CONVERGED, jnp.where(k + 1 >= n_checks, MAX_ITER, RUNNING)),
-        ).astype(jnp.int32)
-        return s._replace(gap=rel, status=status), k + 1
-
     s0 = SimplexState(
         u=u, u_bar=u, p=p, it=jnp.asarray(0, jnp.int32), gap=jnp.asarray(jnp.inf, dtype),
         status=jnp.asarray(RUNNING, jnp.int32),
     )
-    s, _ = lax.while_loop(cond, body, (s0, jnp.asarray(0, jnp.int32)))
-    return s
+    return _checked_loop(
+        one, lambda t: _simplex_gap(t, d, lam, mu, u_ref, ndim, spacing, isotropic), s0, tol,
+        max_iter, check_every,
+    )

@@ -36,7 +36,7 @@ def _with(a, idx, v):
 
 # (description, kwargs for segment (key/image/init/config overrides), match)
 BAD = [
-    ("3-D image", dict(image=np.random.default_rng(0).random((16, 16, 3))), "2-D"),
+    ("3-D image", dict(image=np.random.default_rng(0).random((16, 16, 3))), "channel_axis=-1.*volume=True"),
     ("1-D image", dict(image=np.random.default_rng(0).random(64)), "2-D"),
     ("NaN", dict(image=_with(IMG, (3, 4), np.nan)), "non-finite"),
     ("Inf", dict(image=_with(IMG, (3, 4), np.inf)), "non-finite"),

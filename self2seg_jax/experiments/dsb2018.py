@@ -268,6 +268,7 @@ def run_level(
     lams=LAMBDAS,
     indices=None,
     convention: str = "std255",
+    size: int = 128,
     base: Self2SegConfig | None = None,
     batch: str | None = None,
     skip=None,
@@ -277,6 +278,7 @@ def run_level(
 
     Args:
       key: one key for all patches (each patch's start and scheme use it like ``segment``).
+      size: patch size (the paper's 128; smaller for quick checks).
       skip: optional set of ``(method, patch_index)`` already done (not run, no row).
       on_row: optional callback ``on_row(row, masks)`` as soon as a row is ready (``masks``:
         bool ``(L, h, w)``), for incremental saving.
@@ -292,7 +294,7 @@ def run_level(
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     base = base or Self2SegConfig()
     skip = set(skip or ())
-    patches = noisy_patches(level, convention=convention, indices=indices)
+    patches = noisy_patches(level, convention=convention, size=size, indices=indices)
     lams = [float(x) for x in lams]
     rows = []
 

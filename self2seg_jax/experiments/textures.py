@@ -32,7 +32,7 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -201,7 +201,8 @@ def two_texture_image(
     clean64 = np.where(gt, a + shift, b)
     clean = clean64.astype(np.float32)
     # float32 rounding can leave a ~1e-8 mismatch; correct it on the left region
-    clean[gt] += np.float32(clean[~gt].astype(np.float64).mean() - clean[gt].astype(np.float64).mean())
+    mismatch = clean[~gt].astype(np.float64).mean() - clean[gt].astype(np.float64).mean()
+    clean[gt] += np.float32(mismatch)
     if convention == "max":
         sigma = float(noise) / 100.0 * float(clean.max())
     else:
@@ -255,8 +256,8 @@ def label_free_dice(mask, gt) -> float:
     return max(metrics.dice(m, g), metrics.dice(~m, g))
 
 
-def first_step(key, image, boxes: Boxes, config: Self2SegConfig, gt, clean=None) -> tuple:
-    """One outer iteration from ``boxes``: where does each box-trained expert fit better?
+def first_step(key, image, init, config: Self2SegConfig, gt, clean=None) -> tuple:
+    """One outer iteration from ``init``: where does each expert of the first W-step fit better?
 
     Runs :func:`self2seg_jax.segment` with ``max_outer = 1`` and compares the pixelwise data
     terms ``d_F = (f - D_F f)^2`` and ``d_B = (f - D_B f)^2`` (on the min–max normalised
@@ -265,12 +266,18 @@ def first_step(key, image, boxes: Boxes, config: Self2SegConfig, gt, clean=None)
     Args:
       key: ``jax.random.key``.
       image: ``(h, w)`` noisy image.
-      boxes: :class:`Boxes` (foreground box in the ``gt`` region).
+      init: :class:`Boxes` (foreground box in the ``gt`` region) or any other ``init`` of
+        :func:`self2seg_jax.segment` — e.g. ``gt`` itself: experts trained on the true
+        regions ("oracle" W-step), which shows whether the true partition is what the energy
+        prefers once the experts are as good as the regions allow.
       config: the configuration (its ``max_outer`` is replaced by 1).
       gt: ``(h, w)`` bool ground truth.
       clean: optional ``(h, w)`` clean image: adds ``mse_F_vs_clean_in_fg`` etc., each
         expert's squared error against the clean image per region (normalised scale) — how
-        well it *denoises* there, as opposed to how close it stays to the noisy image.
+        well it *denoises* there, as opposed to how close it stays to the noisy image; and
+        ``psnr_first_composite`` (the step's composite ``u D_F + (1 - u) D_B``) and
+        ``psnr_gt_composite`` / ``ssim_gt_composite`` (``gt D_F + (1 - gt) D_B``; PSNR and
+        SSIM with ``data_range = clean.max() - clean.min()``).
 
     Returns:
       ``(result, fg_better, metrics)``: the :class:`Self2SegResult`, the ``(h, w)`` bool map
@@ -282,7 +289,7 @@ def first_step(key, image, boxes: Boxes, config: Self2SegConfig, gt, clean=None)
     """
     gt = np.asarray(gt, bool)
     t = time.perf_counter()
-    res = _segment_quiet(key, image, boxes, config.replace(max_outer=1))
+    res = _segment_quiet(key, image, init, config.replace(max_outer=1))
     seconds = time.perf_counter() - t
     f = np.asarray(image, np.float64)
     scale = float(f.max() - f.min())
@@ -309,14 +316,18 @@ def first_step(key, image, boxes: Boxes, config: Self2SegConfig, gt, clean=None)
         del m["psnr_first_composite"]
     else:
         c = np.asarray(clean, np.float64)
+        dr = float(c.max() - c.min())
         e_f = ((c - res.denoised_fg) / scale) ** 2
         e_b = ((c - res.denoised_bg) / scale) ** 2
+        gt_comp = np.where(gt, res.denoised_fg, res.denoised_bg)
         m.update(
             mse_F_vs_clean_in_fg=float(e_f[gt].mean()),
             mse_B_vs_clean_in_fg=float(e_b[gt].mean()),
             mse_F_vs_clean_in_bg=float(e_f[~gt].mean()),
             mse_B_vs_clean_in_bg=float(e_b[~gt].mean()),
-            psnr_first_composite=metrics.psnr(res.denoised, c, data_range=float(c.max() - c.min())),
+            psnr_first_composite=metrics.psnr(res.denoised, c, data_range=dr),
+            psnr_gt_composite=metrics.psnr(gt_comp, c, data_range=dr),
+            ssim_gt_composite=metrics.ssim(gt_comp, c, data_range=dr),
         )
     return res, fg_better, m
 
@@ -391,6 +402,8 @@ def run_texture_experiment(
     run_chan_vese: bool = True,
     run_n2f: bool = True,
     diagnose: bool = False,
+    oracle: bool = False,
+    variants: Mapping[str, Self2SegConfig] | None = None,
 ) -> TextureExperiment:
     """Self2Seg (box start, two experts) vs convex Chan–Vese vs Noise2Fast on one image.
 
@@ -411,6 +424,13 @@ def run_texture_experiment(
       ``sweep``.
     * ``diagnose``: also run one outer iteration alone (:func:`first_step`) and record where
       the box-trained experts fit better (``metrics["first_step"]``, ``fg_better``).
+    * ``oracle``: one outer iteration started from the ground-truth mask
+      (``metrics["oracle_step"]``, :func:`first_step` with ``init = gt``): experts trained on
+      the true regions; its ``psnr_gt_composite`` vs ``psnr_n2f`` tests the Fig. 9 claim
+      (two region experts denoise better than one) independently of the segmentation, and
+      its ``dice_first`` says whether the u-step keeps the true partition.
+    * ``variants``: further named configurations run from the same boxes
+      (``metrics["variants"][name]``, same keys as ``metrics["self2seg"]``).
 
     ``dice_trivial`` is the label-free Dice of a constant mask (the better of all-foreground
     and all-background), the floor any label-free Dice should be compared with.
@@ -426,7 +446,9 @@ def run_texture_experiment(
       :class:`TextureExperiment`.
     """
     if not isinstance(img, TextureImage):
-        raise ValueError(f"img must be a TextureImage (see two_texture_image), got {type(img).__name__}")
+        raise ValueError(
+            f"img must be a TextureImage (see two_texture_image), got {type(img).__name__}"
+        )
     cfg = texture_config() if config is None else config
     if not isinstance(cfg, Self2SegConfig):
         raise ValueError(f"config must be a Self2SegConfig, got {type(cfg).__name__}")
@@ -501,9 +523,25 @@ def run_texture_experiment(
         t = time.perf_counter()
         r = _segment_quiet(k_s2s, img.noisy, boxes, c)
         sweep.append(_s2s_summary(r, gt, clean, data_range, lam, time.perf_counter() - t))
+    if variants:
+        out["variants"] = {}
+        for name, vc in variants.items():
+            if not isinstance(vc, Self2SegConfig):
+                raise ValueError(f"variant {name!r} must be a Self2SegConfig")
+            t = time.perf_counter()
+            r = _segment_quiet(k_s2s, img.noisy, boxes, vc)
+            out["variants"][name] = {
+                **_s2s_summary(r, gt, clean, data_range, vc.lam, time.perf_counter() - t),
+                "config_changes": {
+                    k: v for k, v in dataclasses.asdict(vc).items()
+                    if v != getattr(cfg, k)
+                },
+            }
     fg_better = None
     if diagnose:
         _, fg_better, out["first_step"] = first_step(k_s2s, img.noisy, boxes, cfg, gt, clean)
+    if oracle:
+        out["oracle_step"] = first_step(k_s2s, img.noisy, gt, cfg, gt, clean)[2]
     return TextureExperiment(
         self2seg=res, cv_mask=cv_mask, n2f=n2f, metrics=out, sweep=sweep, fg_better=fg_better
     )
@@ -563,7 +601,9 @@ def stripes_toy(
     r = size / 4 if radius is None else float(radius)
     if not 0 < r < size / 2:
         raise ValueError(f"radius must be in (0, size/2), got {r}")
-    noisy, clean, gt = data.stripes(int(seed), size, period=float(period), noise=float(noise), radius=r)
+    noisy, clean, gt = data.stripes(
+        int(seed), size, period=float(period), noise=float(noise), radius=r
+    )
     y0 = size // 2 - box // 2
     c = int(round(0.15 * size)) - box // 2
     fg = (y0, y0, y0 + box, y0 + box)
