@@ -392,6 +392,20 @@ def _class_kinds(class_experts, num_classes, config):
     return kinds
 
 
+def _first_principal_component(g: np.ndarray) -> np.ndarray:
+    """Project an ``(L, *s)`` image on the first principal component of its pixel colours
+    (oriented to correlate positively with the channel mean): colour differences that cancel
+    in the channel mean (e.g. red vs green regions) stay visible to the threshold."""
+    x = g.reshape(g.shape[0], -1).astype(np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    _, vecs = np.linalg.eigh(x @ x.T)
+    v = vecs[:, -1]
+    proj = v @ x
+    if np.dot(proj, x.mean(axis=0)) < 0:
+        proj = -proj
+    return proj.reshape(g.shape[1:])
+
+
 def _multiclass_start(key, f, nd, init, num_classes, config, net):
     """``(w0, u0, init_labels)`` for the general path (eager, validated)."""
     from self2seg_jax.initialisation import (
@@ -424,7 +438,7 @@ def _multiclass_start(key, f, nd, init, num_classes, config, net):
             raise ValueError(f"unknown init {init!r}: use 'otsu', a label image or ClassBoxes")
         g = n2f_denoise_normalised(key, f, config, net) if config.init_denoise else f
         if g.ndim > nd:
-            g = g.mean(axis=0)
+            g = _first_principal_component(g)
         if not np.all(np.isfinite(g)):
             raise FloatingPointError("Noise2Fast denoising of the start produced non-finite values")
         t = multiotsu_thresholds(g, c)
@@ -460,8 +474,8 @@ def segment_multiclass(
       image: ``(h, w)``, ``(h, w, L)`` (with ``channel_axis``), ``(z, y, x)`` (with
         ``volume=True``) or ``(z, y, x, L)`` (both); min–max normalised over all channels.
       num_classes: ``C >= 2``; class 0 is the background.
-      init: ``"otsu"`` (multi-level Otsu of the — by default Noise2Fast-denoised, channel-mean
-        — image), an integer label image with values ``0..C-1`` (every class present),
+      init: ``"otsu"`` (multi-level Otsu of the — by default Noise2Fast-denoised — image; for
+        several channels of its first principal component), an integer label image with values ``0..C-1`` (every class present),
         :class:`~self2seg_jax.initialisation.ClassBoxes`, or (two classes, 2-D) ``Boxes``.
       config: :class:`Self2SegConfig` (``lam``, ``mu``, schedule, network, ``data_filter``...);
         class 0 uses ``bg_expert``, the others ``fg_expert``, unless ``class_experts``.
