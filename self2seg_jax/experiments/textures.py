@@ -758,7 +758,7 @@ def texture_figure(items, *, title: str = ""):
     items = list(items)
     if not items:
         raise ValueError("texture_figure needs at least one (TextureImage, TextureExperiment)")
-    fig = Figure(figsize=(16, 2.9 * len(items) + 0.4))
+    fig = Figure(figsize=(16, 3.4 * len(items) + 0.4))
     axes = np.atleast_2d(fig.subplots(len(items), 6))
     for row, (img, exp) in zip(axes, items):
         m = exp.metrics
