@@ -65,7 +65,8 @@ def bench_classes(c: int, size: int, steps: int, outer: int, stack: str, width: 
             "pd_iterations": res.pd_iterations.tolist()}
 
 
-def bench_volume(shape, steps: int, outer: int, width: int, depth: int, experts: str) -> dict:
+def bench_volume(shape, steps: int, outer: int, width: int, depth: int, experts: str,
+                 pd_max_iter: int = 3000) -> dict:
     rng = np.random.default_rng(0)
     z, y, x = np.indices(shape)
     c = np.array(shape) / 2
@@ -74,7 +75,7 @@ def bench_volume(shape, steps: int, outer: int, width: int, depth: int, experts:
     cfg = s2s.Self2SegConfig(
         fg_expert=experts, bg_expert="constant", net_width=width, net_depth=depth,
         train_max_steps=steps, train_min_steps=steps, max_outer=outer, mask_tol=0.0, energy_p=0.0,
-        init_denoise=False,
+        init_denoise=False, pd_max_iter=pd_max_iter, pd_tol=1e-12 if pd_max_iter < 3000 else 1e-4,
     )
     res, times = _timed(lambda: s2s.segment(jax.random.key(0), vol, volume=True, spacing=(2.0, 1.0, 1.0), config=cfg))
     return {"what": "volume", "shape": list(shape), "fg_expert": experts, "net": f"{width}x{depth}",
@@ -95,6 +96,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--volume", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     ap.add_argument("--volume-experts", nargs="+", default=["constant", "n2f"])
+    ap.add_argument("--pd-max-iter", type=int, default=3000,
+                    help="volume runs: fixed primal-dual iterations per u-step when < 3000")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = []
@@ -105,7 +108,8 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     if args.volume:
         for ex in args.volume_experts:
-            rows.append(bench_volume(tuple(args.volume), args.steps, args.outer, min(args.width, 8), min(args.depth, 2), ex))
+            rows.append(bench_volume(tuple(args.volume), args.steps, args.outer, min(args.width, 8),
+                                     min(args.depth, 2), ex, args.pd_max_iter))
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"machine": machine(), "command": " ".join(os.sys.argv), "rows": rows}, indent=1))
