@@ -266,28 +266,29 @@ def _check_key(key):
     raise ValueError(f"key must be a jax.random.key, got {type(key).__name__}")
 
 
-def _result(state: alternating.SchemeState, lo: float, hi: float, init_mask) -> Self2SegResult:
-    s = jax.device_get(state)
-    status = int(s.status)
-    n = int(s.it)
+def _check_status(status: int, n: int, degenerate: str) -> None:
+    """Raise on a non-finite run; warn (``RuntimeWarning``) on a degenerate one."""
     if status == alternating.NONFINITE:
         raise FloatingPointError(
             f"Self2Seg stopped at outer iteration {n}: non-finite values in the expert outputs, "
             "data terms or the mask (try a smaller learning_rate)"
         )
+    if status == alternating.DEGENERATE:
+        import warnings
+
+        warnings.warn(f"Self2Seg: {degenerate}", RuntimeWarning, stacklevel=4)
+
+
+def _result(state: alternating.SchemeState, lo: float, hi: float, init_mask) -> Self2SegResult:
+    s = jax.device_get(state)
+    status = int(s.status)
+    n = int(s.it)
+    _check_status(status, n, "the mask became empty or full (lam too large, or the experts cannot "
+                  "tell the regions apart); returning it as is")
     scale = hi - lo
     u = np.asarray(s.u, np.float32)
     den = np.asarray(s.den, np.float32)
     comp = np.asarray(alternating.composite(u, den))
-    if status == alternating.DEGENERATE:
-        import warnings
-
-        warnings.warn(
-            "Self2Seg: the mask became empty or full (lam too large, or the experts cannot tell "
-            "the regions apart); returning it as is",
-            RuntimeWarning,
-            stacklevel=3,
-        )
     return Self2SegResult(
         mask=np.asarray(s.mask) > 0.5,
         u=u,
@@ -518,19 +519,8 @@ def segment_multiclass(
     s = jax.device_get(state)
     status = int(s.status)
     n = int(s.it)
-    if status == alternating.NONFINITE:
-        raise FloatingPointError(
-            f"Self2Seg stopped at outer iteration {n}: non-finite values (try a smaller learning_rate)"
-        )
-    if status == alternating.DEGENERATE:
-        import warnings
-
-        warnings.warn(
-            "Self2Seg: a class became empty (lam too large, too many classes, or experts that "
-            "cannot tell the classes apart); returning the labels as they are",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _check_status(status, n, "a class became empty (lam too large, too many classes, or experts "
+                  "that cannot tell the classes apart); returning the labels as they are")
     scale = hi - lo
     u = np.asarray(s.u, np.float32)
     den = np.asarray(s.den, np.float32)
