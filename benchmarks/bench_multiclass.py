@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,12 +27,9 @@ import self2seg_jax as s2s
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from _machine import cpu_model
+
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
             "device": str(jax.devices()[0]), "jax": jax.__version__,
             "loadavg_1min": os.getloadavg()[0]}

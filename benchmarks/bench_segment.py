@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import jax
@@ -22,16 +21,7 @@ import numpy as np
 
 import self2seg_jax as s2s
 from self2seg_jax import alternating, experts, pdhg
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from _machine import cpu_model
 
 
 def _image(size: int, seed: int = 0) -> np.ndarray:
@@ -80,7 +70,7 @@ def main() -> None:
     cfg = s2s.Self2SegConfig(max_outer=args.max_outer)
     out = {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": __import__("os").cpu_count(),
             "backend": jax.default_backend(),
             "device": str(jax.devices()[0]),

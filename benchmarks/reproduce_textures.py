@@ -25,18 +25,9 @@ import numpy as np
 
 from self2seg_jax import io
 from self2seg_jax.experiments import textures as tx
+from _machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _git(*args) -> str | None:
@@ -56,7 +47,7 @@ def provenance(argv) -> dict:
         "command": "python " + " ".join(shlex.quote(a) for a in argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
