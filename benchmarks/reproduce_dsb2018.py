@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -65,7 +66,53 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def mask_path(out: Path, row: dict) -> Path:
-    return out / "masks" / f"{row['convention']}_n{row['level']:g}_{row['method']}_p{row['patch']}.npz"
+    """Packed masks of one row. Rows of the first grid (:data:`LAMBDAS`) used untagged names."""
+    from self2seg_jax.experiments.dsb2018 import LAMBDAS
+
+    stem = f"{row['convention']}_n{row['level']:g}_{row['method']}_p{row['patch']}"
+    if [float(x) for x in row["lams"]] != list(LAMBDAS):
+        stem += "_" + hashlib.sha1(json.dumps(row["lams"]).encode()).hexdigest()[:8]
+    return out / "masks" / f"{stem}.npz"
+
+
+ALIASES = {"self2seg_default": "self2seg", "self2seg_cbg": "self2seg"}
+"""Methods whose configuration equals ``self2seg``'s at noise <= 10 (not run again there)."""
+
+
+def _rows_by(rows, level, method):
+    """Rows of a (level, method); aliases of Self2Seg's paper config at noise 10 borrow its rows."""
+    sel = [r for r in rows if r["level"] == level and r["method"] == method]
+    if not sel and method in ALIASES and level <= 10:
+        sel = [dict(r, method=method, alias_of=ALIASES[method]) for r in rows
+               if r["level"] == level and r["method"] == ALIASES[method]]
+    return sorted(sel, key=lambda r: r["patch"])
+
+
+def merged(rows, level, method, grid):
+    """Per patch, the Dice (and PSNR) of every lambda of ``grid``, from all rows of the
+    (level, method) — one grid may be covered by several runs. Returns ``{patch: [(lam, dice,
+    psnr, row, j), ...]}`` for patches that have the whole grid."""
+    by_patch: dict[int, dict[float, tuple]] = {}
+    for r in _rows_by(rows, level, method):
+        for j, lam in enumerate(r["lams"]):
+            psnr = r["psnr"][j] if "psnr" in r else float("nan")
+            by_patch.setdefault(r["patch"], {})[float(lam)] = (float(lam), r["dice"][j], psnr, r, j)
+    out = {}
+    for patch, d in sorted(by_patch.items()):
+        if all(float(x) in d for x in grid):
+            out[patch] = [d[float(x)] for x in grid]
+    return out
+
+
+def missing(rows, level, method, patch, grid):
+    have = {float(x) for r in _rows_by(rows, level, method) if r["patch"] == patch for x in r["lams"]}
+    return tuple(float(x) for x in grid if float(x) not in have)
+
+
+def grid_of(args, method, level):
+    from self2seg_jax.experiments import dsb2018 as E
+
+    return tuple(args.lams) if args.lams else E.method_lambdas(method, level)
 
 
 def run(args) -> None:
@@ -84,13 +131,8 @@ def run(args) -> None:
     })
     _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     key = jax.random.key(args.key)
+    indices = args.patches if args.patches is not None else range(16)
     for level in args.levels:
-        done = {
-            (r["method"], r["patch"]) for r in load_rows(rows_path)
-            if r["level"] == level and r["convention"] == args.convention and r["lams"] == args.lams
-        }
-        methods = [m for m in args.methods if not (m == "self2seg_default" and level <= 10)]
-
         def on_row(row, masks):
             buf = io.BytesIO()
             np.savez_compressed(buf, packed=np.packbits(masks), shape=np.array(masks.shape))
@@ -98,124 +140,151 @@ def run(args) -> None:
             with rows_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"n{level:g} {row['method']:>16} patch {row['patch']:2d}: best Dice "
-                  f"{max(row['dice']):.3f}  {row['seconds']:.1f} s", flush=True)
+                  f"{max(row['dice']):.3f} over {len(row['lams'])} lambdas  {row['seconds']:.1f} s",
+                  flush=True)
 
-        E.run_level(
-            level, key=key, methods=methods, lams=args.lams, indices=args.patches,
-            convention=args.convention, batch=args.batch, skip=done, on_row=on_row,
-        )
+        for method in args.methods:
+            if method in ALIASES and level <= 10:
+                continue  # same configuration as self2seg there; the report borrows its rows
+            rows = [r for r in load_rows(rows_path) if r["convention"] == args.convention]
+            grid = grid_of(args, method, level)
+            # group the patches by the lambdas they still miss: one batched sweep per group
+            groups: dict[tuple, list[int]] = {}
+            for i in indices:
+                m = missing(rows, level, method, i, grid)
+                if m:
+                    groups.setdefault(m, []).append(i)
+            for lams, idx in groups.items():
+                E.run_level(level, key=key, methods=[method], lams=lams, indices=idx,
+                            convention=args.convention, batch=args.batch, on_row=on_row)
     report(args)
 
 
-def _rows_by(rows, level, method):
-    """Rows of a (level, method); Self2Seg's default config equals the paper's at noise 10."""
-    sel = [r for r in rows if r["level"] == level and r["method"] == method]
-    if not sel and method == "self2seg_default" and level <= 10:
-        sel = [dict(r, method=method) for r in rows if r["level"] == level and r["method"] == "self2seg"]
-    return sorted(sel, key=lambda r: r["patch"])
+NAMES = {"chan_vese": "Chan–Vese", "sequential": "sequential (N2F → CV)",
+         "self2seg": "Self2Seg (paper config)",
+         "self2seg_cbg": "Self2Seg (paper, constant-bg reading)",
+         "self2seg_default": "Self2Seg (library default)"}
 
 
 def report(args) -> None:
     from self2seg_jax.experiments import dsb2018 as E
 
     out = args.out
-    rows = [r for r in load_rows(out / "rows.jsonl") if r["convention"] == args.convention and r["lams"] == args.lams]
+    rows = [r for r in load_rows(out / "rows.jsonl") if r["convention"] == args.convention]
     if not rows:
         print("no rows yet", file=sys.stderr)
         return
     levels = sorted({r["level"] for r in rows})
-    lams = args.lams
-    i_fixed = lams.index(0.03) if 0.03 in lams else None
-    names = {"chan_vese": "Chan–Vese", "sequential": "sequential (N2F → CV)",
-             "self2seg": "Self2Seg (paper config)", "self2seg_default": "Self2Seg (library default)"}
     md = [
         f"# DSB2018 reproduction — noise convention `{args.convention}`", "",
         "Dice mean ± std over the patches that every listed method has at that noise level "
-        "(`patches`; the full set is 16). *oracle*: per-image best λ of the grid (the paper's "
-        "protocol); *LOO*: λ with the best mean Dice on the other patches (honest); *λ=0.03*: "
-        "the library default fixed in advance. Paper: Table 1 (50 images, oracle).",
-        f"λ grid: {lams}.", "",
+        "(`patches`; the full set is 16). *oracle*: per-image best λ of the method's grid (the "
+        "paper's protocol); *LOO*: λ with the best mean Dice on the other patches (honest); "
+        "*λ=0.03*: the library default fixed in advance (in both grids). Paper: Table 1 (50 "
+        "images, oracle). *init mask*: Dice of the shared start (Otsu of the Noise2Fast-denoised "
+        "patch) that sequential and Self2Seg begin from.",
+        "",
+        f"λ grids: unfiltered energies {list(E.LAMBDAS)}; mean-filtered Self2Seg (n30/n50) "
+        f"{list(E.FILTERED_LAMBDAS)}" + (f"; overridden by --lams {args.lams}" if args.lams else "") + ".",
+        "",
         "| noise | method | patches | oracle | LOO (honest) | λ=0.03 | paper (oracle) | init mask | s / patch (10 λ) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     summary = {}
+    tables = {}
     for level in levels:
+        grids = {m: grid_of(args, m, level) for m in E.METHODS}
+        tables = {m: merged(rows, level, m, grids[m]) for m in E.METHODS}
         # compare methods on the patches that every method present has (a partial run has
         # fewer Self2Seg patches than baseline patches)
-        present = [m for m in E.METHODS if len(_rows_by(rows, level, m)) >= 2]
-        common = set.intersection(*({r["patch"] for r in _rows_by(rows, level, m)} for m in present)) if present else set()
-        for method in E.METHODS:
-            sel = [r for r in _rows_by(rows, level, method) if r["patch"] in common]
+        present = [m for m in E.METHODS if len(tables[m]) >= 2]
+        common = set.intersection(*(set(tables[m]) for m in present)) if present else set()
+        for method in present:
+            sel = [v for k, v in tables[method].items() if k in common]
             if len(sel) < 2:
                 continue
-            d = np.array([r["dice"] for r in sel])
+            grid = list(grids[method])
+            d = np.array([[e[1] for e in v] for v in sel])
             s = E.select_lambda(d)
+            i_fixed = grid.index(0.03) if 0.03 in grid else None
             fixed = d[:, i_fixed] if i_fixed is not None else np.full(len(sel), np.nan)
-            paper = E.PAPER_TABLE1.get(int(level), {}).get(method.replace("_default", ""), None)
-            init = [r["init_dice"] for r in sel if "init_dice" in r]
-            secs = np.mean([r["seconds"] + r.get("start_seconds", 0.0) for r in sel])
+            paper = E.PAPER_TABLE1.get(int(level), {}).get(method if method in ("chan_vese", "sequential") else "self2seg")
+            if method == "self2seg_default" and level > 10:
+                paper = None
+            rs = [{id(e[3]): e[3] for e in v} for v in sel]  # the rows of each patch
+            init = [next(iter(x.values()))["init_dice"] for x in rs if "init_dice" in next(iter(x.values()))]
+            # seconds for a whole 10-lambda sweep of one patch: each row's share scaled by its lambda count
+            secs = np.mean([
+                sum((r["seconds"] + r.get("start_seconds", 0.0)) * len(grid) / len(r["lams"]) / len(x)
+                    for r in x.values()) for x in rs])
             summary[f"n{level:g}/{method}"] = {
-                "patches": [r["patch"] for r in sel], "oracle_mean": float(s["oracle"].mean()),
-                "oracle_std": float(s["oracle"].std()), "loo_mean": float(s["loo"].mean()),
-                "loo_std": float(s["loo"].std()), "fixed_mean": float(np.mean(fixed)),
-                "oracle_lams": [lams[i] for i in s["oracle_idx"]],
-                "loo_lams": [lams[i] for i in s["loo_idx"]], "seconds_per_patch": float(secs),
+                "patches": sorted(k for k in tables[method] if k in common), "lams": grid,
+                "oracle_mean": float(s["oracle"].mean()), "oracle_std": float(s["oracle"].std()),
+                "loo_mean": float(s["loo"].mean()), "loo_std": float(s["loo"].std()),
+                "fixed_mean": float(np.mean(fixed)),
+                "oracle_lams": [grid[i] for i in s["oracle_idx"]],
+                "loo_lams": [grid[i] for i in s["loo_idx"]], "seconds_per_patch": float(secs),
                 "mean_dice_per_lam": d.mean(axis=0).round(4).tolist(),
+                "init_dice_mean": float(np.mean(init)) if init else None,
             }
             init_s = f"{np.mean(init):.3f}" if init else "—"
             paper_s = f"{paper:.3f}" if paper is not None else "—"
             md.append(
-                f"| {level:g} | {names[method]} | {len(sel)} | {s['oracle'].mean():.3f} ± "
+                f"| {level:g} | {NAMES[method]} | {len(sel)} | {s['oracle'].mean():.3f} ± "
                 f"{s['oracle'].std():.3f} | {s['loo'].mean():.3f} ± {s['loo'].std():.3f} | "
                 f"{np.mean(fixed):.3f} | {paper_s} | {init_s} | {secs:.1f} |"
             )
-    md += ["", "Mean Dice per λ (same patches as above):", "",
-           "| noise / method | " + " | ".join(f"{x:g}" for x in lams) + " |",
-           "|---|" + "---|" * len(lams)]
-    for k, v in summary.items():
-        md.append(f"| {k} | " + " | ".join(f"{x:.3f}" for x in v["mean_dice_per_lam"]) + " |")
+        figure(args, level, tables)
+    md += ["", "Mean Dice per λ (same patches as above; one table per grid):"]
+    for grid in sorted({tuple(v["lams"]) for v in summary.values()}):
+        md += ["", "| noise / method | " + " | ".join(f"{x:g}" for x in grid) + " |",
+               "|---|" + "---|" * len(grid)]
+        for k, v in summary.items():
+            if tuple(v["lams"]) == grid:
+                md.append(f"| {k} | " + " | ".join(f"{x:.3f}" for x in v["mean_dice_per_lam"]) + " |")
     _atomic_write(out / "table.md", ("\n".join(md) + "\n").encode())
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1).encode())
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["convention", "level", "method", "patch", "lam", "dice", "psnr", "num_outer", "seconds_sweep"])
-    for r in sorted(rows, key=lambda r: (r["level"], r["method"], r["patch"])):
+    w.writerow(["convention", "level", "method", "patch", "lam", "dice", "psnr", "num_outer", "seconds_sweep", "init_dice"])
+    for r in sorted(rows, key=lambda r: (r["level"], r["method"], r["patch"], r["lams"][0])):
         for j, lam in enumerate(r["lams"]):
             w.writerow([r["convention"], r["level"], r["method"], r["patch"], lam, f"{r['dice'][j]:.4f}",
                         f"{r['psnr'][j]:.2f}" if "psnr" in r else "",
-                        r["num_outer"][j] if "num_outer" in r else "", f"{r['seconds']:.2f}"])
+                        r["num_outer"][j] if "num_outer" in r else "", f"{r['seconds']:.2f}",
+                        f"{r['init_dice']:.4f}" if "init_dice" in r else ""])
     _atomic_write(out / "per_patch.csv", buf.getvalue().encode())
     print("\n".join(md))
-    for level in levels:
-        figure(args, rows, level)
 
 
-def figure(args, rows, level) -> None:
+def figure(args, level, tables) -> None:
     """Paper Fig. 5-7 style: noisy | Self2Seg | sequential | Chan-Vese | GT (oracle lambda)."""
     from matplotlib.figure import Figure
 
     from self2seg_jax.experiments import dsb2018 as E
 
-    cols = ["self2seg", "sequential", "chan_vese"]
-    have = [p for p in FIG_PATCHES if all(
-        any(r["patch"] == p for r in _rows_by(rows, level, m)) for m in cols)]
-    if not have:
+    cols = [m for m in ("self2seg", "self2seg_cbg", "sequential", "chan_vese") if tables.get(m)]
+    have = [p for p in FIG_PATCHES if all(p in tables[m] for m in cols)]
+    if not have or "self2seg" not in cols:
         return
     patches = {p.index: p for p in E.noisy_patches(level, convention=args.convention, indices=have)}
-    fig = Figure(figsize=(13, 2.7 * len(have)))
-    axes = fig.subplots(len(have), 5, squeeze=False)
+    fig = Figure(figsize=(2.6 * (len(cols) + 2), 2.7 * len(have)))
+    axes = fig.subplots(len(have), len(cols) + 2, squeeze=False)
     for i, pi in enumerate(have):
         p = patches[pi]
-        panels = [("noisy", p.noisy, None)]
+        panels = [("noisy", p.noisy)]
         for m in cols:
-            r = next(r for r in _rows_by(rows, level, m) if r["patch"] == pi)
-            j = int(np.argmax(r["dice"]))
-            src = dict(r, method="self2seg") if (m == "self2seg_default" and level <= 10) else r
-            z = np.load(mask_path(args.out, src))
+            lam, dice, _, r, j = max(tables[m][pi], key=lambda e: e[1])
+            src = dict(r, method=r.get("alias_of", r["method"]))
+            path = mask_path(args.out, src)
+            if not path.exists():
+                print(f"figure: {path.name} missing (masks/ is not committed); skipped", file=sys.stderr)
+                return
+            z = np.load(path)
             masks = np.unpackbits(z["packed"])[: int(np.prod(z["shape"]))].reshape(z["shape"]).astype(bool)
-            panels.append((f"{m}\nλ={r['lams'][j]:g}, Dice {r['dice'][j]:.3f}", masks[j], None))
-        panels.append(("ground truth", p.gt, None))
-        for ax, (title, im, _) in zip(axes[i], panels):
+            panels.append((f"{m}\nλ={lam:g}, Dice {dice:.3f}", masks[j]))
+        panels.append(("ground truth", p.gt))
+        for ax, (title, im) in zip(axes[i], panels):
             ax.imshow(im, cmap="gray", interpolation="nearest")
             ax.set_title(title if i == 0 or "Dice" in title else "", fontsize=8)
             ax.set_axis_off()
@@ -227,13 +296,14 @@ def figure(args, rows, level) -> None:
 
 
 def main() -> None:
-    from self2seg_jax.experiments.dsb2018 import LAMBDAS, METHODS
+    from self2seg_jax.experiments.dsb2018 import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", type=float, nargs="+", default=[30.0, 50.0, 10.0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--patches", type=int, nargs="+", default=None, help="patch indices (default: all 16)")
-    ap.add_argument("--lams", type=float, nargs="+", default=list(LAMBDAS))
+    ap.add_argument("--lams", type=float, nargs="+", default=None,
+                    help="one grid for every method (default: per method, see dsb2018.method_lambdas)")
     ap.add_argument("--convention", choices=["std255", "max"], default="std255")
     ap.add_argument("--batch", choices=["vmap", "map"], default=None,
                     help="Self2Seg lambda batching (default: map on CPU, vmap on GPU/TPU)")

@@ -40,7 +40,84 @@ def test_paper_config_per_noise_level():
     assert (c10.fg_expert, c10.bg_expert, c10.data_filter) == ("n2f", "constant", 1)
     assert (c30.fg_expert, c30.bg_expert, c30.data_filter) == ("n2f", "n2f", 3)
     assert E.method_config("self2seg_default", 30) == s2s.Self2SegConfig()
-    assert all(0 < x <= 1 for x in E.LAMBDAS) and len(E.LAMBDAS) == 10
+    # the other reading of the paper: constant background, still filtered at 30/50
+    cb10, cb30 = E.method_config("self2seg_cbg", 10), E.method_config("self2seg_cbg", 50)
+    assert cb10 == c10
+    assert (cb30.fg_expert, cb30.bg_expert, cb30.data_filter) == ("n2f", "constant", 3)
+    for grid in (E.LAMBDAS, E.FILTERED_LAMBDAS):
+        assert all(0 < x <= 1 for x in grid) and len(grid) == 10 and 0.03 in grid
+        assert list(grid) == sorted(set(grid))
+    # filtered energies get the lower grid, everything else the first one
+    assert E.method_lambdas("self2seg", 30) == E.FILTERED_LAMBDAS
+    assert E.method_lambdas("self2seg_cbg", 50) == E.FILTERED_LAMBDAS
+    for m, lev in (("self2seg", 10), ("self2seg_cbg", 10), ("chan_vese", 50), ("sequential", 30),
+                   ("self2seg_default", 30)):
+        assert E.method_lambdas(m, lev) == E.LAMBDAS, (m, lev)
+    with pytest.raises(ValueError, match="unknown method"):
+        E.method_lambdas("denoiseg", 30)
+
+
+def _load_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_dsb2018.py"
+    spec = importlib.util.spec_from_file_location("reproduce_dsb2018", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reproduce_script_merges_lambda_runs_and_reports(tmp_path):
+    """Rows of one (level, method, patch) from runs over different lambda subsets combine into
+    the method's grid; only the missing lambdas are run again; the report uses merged rows."""
+    import json
+
+    R = _load_script()
+    grid = E.FILTERED_LAMBDAS
+    old = [x for x in E.LAMBDAS]  # a first run on the unfiltered grid
+    rows = []
+    for patch in (0, 1, 2):
+        dice_old = [0.5 + 0.01 * patch - 0.001 * i for i in range(len(old))]
+        rows.append({"level": 30.0, "convention": "std255", "method": "self2seg", "patch": patch,
+                     "lams": old, "dice": dice_old, "seconds": 100.0, "init_dice": 0.4})
+    miss = R.missing(rows, 30.0, "self2seg", 0, grid)
+    assert miss == (0.0005, 0.001, 0.002, 0.003)
+    assert R.merged(rows, 30.0, "self2seg", grid) == {}  # nothing complete yet
+    for patch in (0, 1):  # patch 2 stays incomplete
+        rows.append({"level": 30.0, "convention": "std255", "method": "self2seg", "patch": patch,
+                     "lams": list(miss), "dice": [0.9, 0.8, 0.7, 0.6], "seconds": 40.0,
+                     "init_dice": 0.4})
+    m = R.merged(rows, 30.0, "self2seg", grid)
+    assert sorted(m) == [0, 1]
+    assert [e[0] for e in m[0]] == list(grid)
+    assert [e[1] for e in m[0]][:4] == [0.9, 0.8, 0.7, 0.6]
+    assert m[1][4][1] == pytest.approx(0.51)  # lambda 0.005 from the first run
+    assert R.missing(rows, 30.0, "self2seg", 0, grid) == ()
+    # mask files of different grids never collide
+    assert R.mask_path(tmp_path, rows[0]) != R.mask_path(tmp_path, rows[3])
+    # the noise-10 aliases borrow self2seg's rows; the report picks merged rows only
+    r10 = dict(rows[0], level=10.0)
+    assert R._rows_by([r10], 10.0, "self2seg_cbg")[0]["alias_of"] == "self2seg"
+    assert R._rows_by([r10], 30.0, "self2seg_cbg") == []
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Args:
+        lams = None
+        convention = "std255"
+
+    Args.out = out
+    R.report(Args)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["n30/self2seg"]
+    s = summary["n30/self2seg"]
+    assert s["patches"] == [0, 1] and s["oracle_lams"] == [0.0005, 0.0005]
+    assert s["oracle_mean"] == pytest.approx(0.9)
+    # a 10-lambda sweep's time from a 10-lambda row (100 s) and a 4-lambda row (40 s -> 100 s)
+    assert s["seconds_per_patch"] == pytest.approx(100.0)
+    assert "Self2Seg (paper config)" in (out / "table.md").read_text()
 
 
 def test_select_lambda_protocols():

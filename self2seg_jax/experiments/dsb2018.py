@@ -8,14 +8,24 @@ Data: the 16 non-overlapping 128x128 patches of the bundled DSB2018 sample
 * ``convention="max"``: ``level / 100 * max(clean patch)`` (the authors' code for its other
   images). The paper does not define the DSB2018 noise numerically (PAPER_NOTES §7.1).
 
-Methods (all on the same lambda grid, ``lam`` = TV weight on the min–max normalised image):
+Methods (``lam`` = TV weight on the min–max normalised image):
 
 * ``chan_vese`` — convex Chan–Vese on the noisy patch, Otsu start;
 * ``sequential`` — Noise2Fast on the noisy patch, then convex Chan–Vese on the denoised image
   started from the shared initial mask;
-* ``self2seg`` — the paper's configuration per noise level (:func:`paper_config`);
+* ``self2seg`` — the paper's configuration per noise level (:func:`paper_config`): two
+  Noise2Fast experts with mean-filtered data terms at noise 30/50;
+* ``self2seg_cbg`` — the other reading of the paper's §5 (PAPER_NOTES §4.4): Noise2Fast
+  foreground, *constant* background, mean-filtered data terms at noise 30/50 (identical to
+  ``self2seg`` at noise 10);
 * ``self2seg_default`` — the library's default configuration (identical to ``self2seg`` at
   noise 10).
+
+Lambda grids (:func:`method_lambdas`), fixed before the full runs: :data:`LAMBDAS` for the
+unfiltered energies, :data:`FILTERED_LAMBDAS` (reaching ten times lower) for the mean-filtered
+ones — a 3x3 mean filter divides the noise part of the squared residual by about 9, so the
+filtered energy's useful TV weights are about ten times smaller (on the first n30 patches the
+filtered Self2Seg was best at :data:`LAMBDAS`' smallest value).
 
 The shared start (paper §5: "we use the same denoised image as starting point") is the Otsu
 threshold of the normalised Noise2Fast-denoised patch, exactly what :func:`segment` does with
@@ -53,7 +63,10 @@ LAMBDAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5)
 """Ten lambda values in (0, 1] (roughly geometric; contains the library default 0.03). The
 paper's "ten values evenly distributed in [0, 1]" would put nine of ten values above 0.1, where
 every method returns an empty mask on our [0, 1]-normalised, pixel-summed energy."""
-METHODS = ("chan_vese", "sequential", "self2seg", "self2seg_default")
+FILTERED_LAMBDAS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+"""Ten lambdas in (0, 1] for the mean-filtered data terms (see the module docstring); shares
+six values with :data:`LAMBDAS`, including 0.03."""
+METHODS = ("chan_vese", "sequential", "self2seg", "self2seg_cbg", "self2seg_default")
 PAPER_TABLE1 = {
     10: {"chan_vese": 0.820, "sequential": 0.799, "self2seg": 0.851, "denoiseg": 0.864},
     30: {"chan_vese": 0.773, "sequential": 0.777, "self2seg": 0.825, "denoiseg": 0.848},
@@ -110,12 +123,24 @@ def paper_config(level: float, base: Self2SegConfig | None = None) -> Self2SegCo
 
 
 def method_config(method: str, level: float, base: Self2SegConfig | None = None) -> Self2SegConfig:
-    """Config of a Self2Seg method name (``self2seg`` or ``self2seg_default``)."""
+    """Config of a Self2Seg method name (``self2seg``, ``self2seg_cbg``, ``self2seg_default``)."""
     if method == "self2seg":
         return paper_config(level, base)
+    if method == "self2seg_cbg":
+        return paper_config(level, base).replace(bg_expert="constant")
     if method == "self2seg_default":
         return base or Self2SegConfig()
     raise ValueError(f"not a Self2Seg method: {method!r}")
+
+
+def method_lambdas(method: str, level: float) -> tuple[float, ...]:
+    """The lambda grid of a method at a noise level: :data:`FILTERED_LAMBDAS` when its data
+    terms are mean-filtered, else :data:`LAMBDAS`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    if method.startswith("self2seg") and method_config(method, level).data_filter > 1:
+        return FILTERED_LAMBDAS
+    return LAMBDAS
 
 
 def shared_start(key: jax.Array, noisy: np.ndarray, config: Self2SegConfig):
