@@ -250,7 +250,9 @@ def segment(
         k_run, jnp.asarray(f), jnp.asarray(w_fg), jnp.asarray(w_bg), jnp.asarray(w_fg),
         config.hyper(), st=config.static(),
     )
-    return _result(state, lo, hi, init_mask)
+    result = _result(state, lo, hi, init_mask)
+    _check_pd_cap(result.pd_iterations, config)
+    return result
 
 
 def _check_key(key):
@@ -264,6 +266,23 @@ def _check_key(key):
     except AttributeError:
         pass
     raise ValueError(f"key must be a jax.random.key, got {type(key).__name__}")
+
+
+def _check_pd_cap(pd_iters, config: Self2SegConfig) -> None:
+    """Warn (``RuntimeWarning``) when a mask step stopped at ``pd_max_iter`` instead of at
+    ``pd_tol``: its relaxed mask can be far from the minimiser (e.g. still empty)."""
+    check = max(1, config.pd_check_every)
+    cap = -(-config.pd_max_iter // check) * check
+    hit = [k + 1 for k, it in enumerate(np.asarray(pd_iters).tolist()) if it >= cap]
+    if hit:
+        import warnings
+
+        warnings.warn(
+            f"Self2Seg: the mask step of outer iteration(s) {hit} stopped at its iteration cap "
+            f"(pd_max_iter={config.pd_max_iter}) before reaching pd_tol={config.pd_tol:g}; the "
+            "mask may be far from the minimiser — raise pd_max_iter (or pd_tol)",
+            RuntimeWarning, stacklevel=4,
+        )
 
 
 def _check_status(status: int, n: int, degenerate: str) -> None:
@@ -521,6 +540,7 @@ def segment_multiclass(
     n = int(s.it)
     _check_status(status, n, "a class became empty (lam too large, too many classes, or experts "
                   "that cannot tell the classes apart); returning the labels as they are")
+    _check_pd_cap(np.asarray(s.pd_iters[:n]), config)
     scale = hi - lo
     u = np.asarray(s.u, np.float32)
     den = np.asarray(s.den, np.float32)

@@ -183,6 +183,22 @@ def test_degenerate_mask_warns(const_config):
     assert res.mask.all() or not res.mask.any()
 
 
+def test_mask_step_iteration_cap_warns(const_config):
+    """A u-step stopped by pd_max_iter (not by pd_tol) is reported, not silent; a run whose
+    u-steps all converge is not flagged."""
+    import warnings
+
+    cfg = const_config.replace(pd_max_iter=5, pd_check_every=5, pd_tol=1e-12, max_outer=2)
+    with pytest.warns(RuntimeWarning, match="iteration cap"):
+        res = s2s.segment(jax.random.key(0), IMG, config=cfg)
+    assert np.all(res.pd_iterations >= 5)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = s2s.segment(jax.random.key(0), IMG, config=const_config.replace(pd_max_iter=20000))
+    assert not [w for w in rec if "iteration cap" in str(w.message)]
+    assert np.all(res.pd_iterations < 20000)
+
+
 # --------------------------------------------------------------------------------------
 # signature and result structure
 # --------------------------------------------------------------------------------------

@@ -425,3 +425,12 @@ def test_all_class_permutations_of_boxes_are_consistent():
                         init=s2s.ClassBoxes([boxes[p] for p in perm]), config=cfg)
         inv = np.argsort(perm)
         np.testing.assert_array_equal(inv[r.labels], base.labels)
+
+
+def test_multiclass_iteration_cap_warns():
+    f, _ = _blob(n=40)
+    cfg = s2s.Self2SegConfig(fg_expert="constant", bg_expert="constant", max_outer=2, init_denoise=False,
+                             pd_max_iter=5, pd_check_every=5, pd_tol=1e-12)
+    with pytest.warns(RuntimeWarning, match="iteration cap"):
+        r = s2s.segment(jax.random.key(1), f, num_classes=3, config=cfg)
+    assert np.all(r.pd_iterations >= 5)
