@@ -76,6 +76,7 @@ class SchemeStatic:
     isotropic_tv: bool = True
     stack_experts: bool = False
     progress: bool = False
+    blind_spot: bool = False
 
 
 class SchemeState(NamedTuple):
@@ -185,10 +186,22 @@ def outer_step(s: SchemeState, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> 
     return u_step(s, w_step(s, f, hyper, st), f, hyper, st)
 
 
+def data_predictions(params, den: jax.Array, f: jax.Array, st: SchemeStatic) -> jax.Array:
+    """The expert predictions the data terms compare with ``f``: the outputs ``den`` (paper),
+    or with ``st.blind_spot`` the experts' blind-spot predictions
+    (:func:`self2seg_jax.experts.blind_spot_output`), ``(2, h, w)``."""
+    if not st.blind_spot:
+        return den
+    return jnp.stack([
+        experts.blind_spot_output(params[0], f, st.fg, den[0]),
+        experts.blind_spot_output(params[1], f, st.bg, den[1]),
+    ])
+
+
 def u_step(s: SchemeState, w: WStep, f: jax.Array, hyper: Hyper, st: SchemeStatic) -> SchemeState:
     """The rest of an outer iteration after the W-step ``w``: u-step, threshold, stop rules."""
     params, den, steps, key = w
-    d = energy.data_term(f, den, filter_size=st.data_filter)  # (2, h, w)
+    d = energy.data_term(f, data_predictions(params, den, f, st), filter_size=st.data_filter)  # (2, h, w)
     r = d[0] - d[1]
     sol = pdhg.pdhg_solve(
         r,

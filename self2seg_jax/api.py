@@ -515,6 +515,11 @@ def segment_multiclass(
         raise ValueError(f"config must be a Self2SegConfig, got {type(config).__name__}")
     config.validate()
     c = _check_num_classes(num_classes)
+    if config.data_term != "output":
+        raise ValueError(
+            f"data_term={config.data_term!r} is implemented for the two-class scheme on 2-D grey "
+            "images only; use data_term='output' for multi-class, colour or volume input"
+        )
     a, nd = validate_nd_image(image, channel_axis=channel_axis, volume=volume)
     sp = _check_spacing(spacing, nd)
     kinds = _class_kinds(class_experts, c, config)

@@ -56,6 +56,13 @@ class Self2SegConfig:
         Alg. 4 (``theta = 1/sqrt(1 + 2 mu tau)``); off by default because on these problems
         the plain fixed-step iteration reaches a given gap in far fewer iterations (measured).
       isotropic_tv: isotropic TV (paper) or anisotropic TV (exact thresholding theorem).
+      data_term: ``"output"`` (paper: ``(f - D(f))^2`` with the expert's output) or
+        ``"blind_spot"``: ``(f - D_J(f))^2`` with the expert applied to the checkerboard halves
+        it was trained on (:func:`self2seg_jax.experts.blind_spot_output`), so the prediction at
+        a pixel never sees that pixel's noise. With ``"output"`` an expert that passes more
+        noise through gets a *lower* residual, which can hand the whole image to one of two
+        CNN experts; the blind-spot residual estimates the expert's true error plus the
+        (common) noise variance. Two-class scheme only; the denoised output is unchanged.
       init_denoise: for ``init="otsu"`` or a float threshold, threshold the Noise2Fast-denoised
         image (the paper's DSB2018 protocol) rather than the noisy one.
       conv_impl: ``"auto"`` (``"loopsafe"`` on CPU, ``"lax"`` on GPU/TPU), ``"lax"``,
@@ -93,6 +100,7 @@ class Self2SegConfig:
     conv_impl: str = "auto"
     stack_experts: str = "auto"
     progress: bool = False
+    data_term: str = "output"
 
     # Defaults (measured, see benchmarks/tradeoff_dsb.py and the issue notes): a CNN foreground
     # expert against a constant background (the paper's DSB2018 n10 setting) with a small
@@ -177,6 +185,8 @@ class Self2SegConfig:
             bad(f"energy_p must be in [0, 1], got {self.energy_p!r}")
         if self.conv_impl not in ("auto", "lax", "loopsafe"):
             bad(f"conv_impl must be 'auto', 'lax' or 'loopsafe', got {self.conv_impl!r}")
+        if self.data_term not in ("output", "blind_spot"):
+            bad(f"data_term must be 'output' or 'blind_spot', got {self.data_term!r}")
         if self.stack_experts not in ("auto", "always", "never"):
             bad(f"stack_experts must be 'auto', 'always' or 'never', got {self.stack_experts!r}")
 
@@ -215,6 +225,7 @@ class Self2SegConfig:
             isotropic_tv=self.isotropic_tv,
             stack_experts=stack,
             progress=self.progress,
+            blind_spot=self.data_term == "blind_spot",
         )
 
     def hyper(self) -> alternating.Hyper:

@@ -280,7 +280,8 @@ def scheme_fixed_outer(
             (kf, kb), params, lax.stop_gradient(f), wf, wb, hyper, st
         )
         den = lax.stop_gradient(den)
-        d = energy.data_term(f, den, filter_size=st.data_filter)
+        pred = lax.stop_gradient(alternating.data_predictions(params, den, lax.stop_gradient(f), st))
+        d = energy.data_term(f, pred, filter_size=st.data_filter)
         u = relaxed_mask(d[0], d[1], hyper.lam, mu=hyper.mu, u_ref=u_prev, mode=mode,
                          smoothing=smoothing, isotropic=st.isotropic_tv, **mask_options)
         m = lax.stop_gradient((u >= hyper.threshold).astype(f.dtype))

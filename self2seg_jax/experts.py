@@ -157,6 +157,16 @@ def apply_expert(params: Any, f: jax.Array, cfg: TrainConfig) -> jax.Array:
     raise ValueError(f"unknown expert kind {cfg.kind!r}")
 
 
+def blind_spot_output(params: Any, f: jax.Array, cfg: TrainConfig, den: jax.Array) -> jax.Array:
+    """The expert's blind-spot prediction (:func:`self2seg_jax.ops.checkerboard_blind_spot_nd`):
+    the trained map applied to the checkerboard halves, as in training, so that the value at a
+    pixel never depends on that pixel's noise. CNN and linear experts; a constant expert is
+    already blind (returns ``den``). ``den`` fills pixels an odd size crops away. ``(*s)``."""
+    if cfg.kind == "constant":
+        return den
+    return ops.checkerboard_blind_spot_nd(lambda z: apply_expert(params, z, cfg), f, cfg.ndim, full=den)
+
+
 def _weighted_mse(pred, target, w):
     """``mean_w (pred - target)^2``; ``w`` broadcasts over leading (channel) axes."""
     n_ch = pred.size // w.size

@@ -282,6 +282,48 @@ def checkerboard_pairs_nd(x: jax.Array, ndim: int = 2) -> tuple[tuple[jax.Array,
     return tuple(pairs)
 
 
+def checkerboard_blind_spot_nd(apply, x: jax.Array, ndim: int = 2, full: jax.Array | None = None) -> jax.Array:
+    """Blind-spot (J-invariant) prediction from a Noise2Fast-trained map ``apply``.
+
+    For each checkerboard pair of :func:`checkerboard_pairs_nd`, ``apply(input)`` predicts the
+    target voxels; putting the predictions back at the target positions gives, at every voxel,
+    a value computed only from voxels of the *other* checkerboard colour. The ``ndim`` squeeze
+    directions are averaged. Because the output at a voxel never sees that voxel,
+    ``E (x - out)^2 = E (clean - out)^2 + sigma^2`` for pixel-independent zero-mean noise
+    (Noise2Self's J-invariance), whereas ``apply(x)`` on the full image passes part of the
+    noise through and rewards doing so in ``(x - apply(x))^2``.
+
+    Args:
+      apply: ``(*b, *s') -> (*b, *s')`` (the expert network on a squeezed image).
+      x: ``(*b, *s)`` image.
+      full: optional ``(*b, *s)`` values for the voxels an odd size crops away (default: ``x``).
+    Returns:
+      ``(*b, *s)``, same dtype as ``x``.
+    """
+    lead = x.ndim - ndim
+    crop = (Ellipsis,) + tuple(slice(0, n // 2 * 2) for n in x.shape[lead:])
+    xc = x[crop]
+    spatial = xc.shape[lead:]
+    pairs = checkerboard_pairs_nd(xc, ndim)
+    acc = jnp.zeros_like(xc)
+    for k, a in enumerate(reversed(range(ndim))):
+        ax = lead + a
+        (ev, od), (od2, ev2) = pairs[2 * k], pairs[2 * k + 1]
+        p_odd, p_even = apply(ev), apply(od)  # predictions of the odd / even coloured voxels
+        par = sum(
+            (jnp.arange(n) % 2).reshape([n if kk == b else 1 for kk in range(ndim)])
+            for b, n in enumerate(spatial) if b != a
+        )
+        odd = (par % 2 == 1) if ndim > 1 else jnp.zeros((1,), bool)
+        a0 = jnp.where(odd, p_odd, p_even)  # values at index 2m along ax
+        a1 = jnp.where(odd, p_even, p_odd)  # values at index 2m + 1
+        inter = jnp.stack([a0, a1], axis=ax + 1)
+        acc = acc + inter.reshape(xc.shape).astype(x.dtype)
+    out = acc / ndim
+    base = x if full is None else full
+    return base.at[crop].set(out)
+
+
 def checkerboard_pairs(x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """Noise2Fast checkerboard down-sampling (paper §4.3).
 
