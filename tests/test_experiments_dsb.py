@@ -44,6 +44,10 @@ def test_paper_config_per_noise_level():
     cb10, cb30 = E.method_config("self2seg_cbg", 10), E.method_config("self2seg_cbg", 50)
     assert cb10 == c10
     assert (cb30.fg_expert, cb30.bg_expert, cb30.data_filter) == ("n2f", "constant", 3)
+    bs10, bs30 = E.method_config("self2seg_bs", 10), E.method_config("self2seg_bs", 30)
+    assert bs10 == c10.replace(data_term="blind_spot") and bs30 == c30.replace(data_term="blind_spot")
+    assert E.method_lambdas("self2seg_bs", 30) == E.FILTERED_LAMBDAS
+    assert E.method_lambdas("self2seg_bs", 10) == E.LAMBDAS
     for grid in (E.LAMBDAS, E.FILTERED_LAMBDAS):
         assert all(0 < x <= 1 for x in grid) and len(grid) == 10 and 0.03 in grid
         assert list(grid) == sorted(set(grid))

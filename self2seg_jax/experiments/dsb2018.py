@@ -18,6 +18,9 @@ Methods (``lam`` = TV weight on the min–max normalised image):
 * ``self2seg_cbg`` — the other reading of the paper's §5 (PAPER_NOTES §4.4): Noise2Fast
   foreground, *constant* background, mean-filtered data terms at noise 30/50 (identical to
   ``self2seg`` at noise 10);
+* ``self2seg_bs`` — ``self2seg`` with the blind-spot data term (``data_term="blind_spot"``,
+  not in the paper): the experts' residuals are taken from predictions that never see the
+  pixel's own noise, so an expert that passes noise through is not rewarded;
 * ``self2seg_default`` — the library's default configuration (identical to ``self2seg`` at
   noise 10).
 
@@ -66,7 +69,7 @@ every method returns an empty mask on our [0, 1]-normalised, pixel-summed energy
 FILTERED_LAMBDAS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 """Ten lambdas in (0, 1] for the mean-filtered data terms (see the module docstring); shares
 six values with :data:`LAMBDAS`, including 0.03."""
-METHODS = ("chan_vese", "sequential", "self2seg", "self2seg_cbg", "self2seg_default")
+METHODS = ("chan_vese", "sequential", "self2seg", "self2seg_cbg", "self2seg_bs", "self2seg_default")
 PAPER_TABLE1 = {
     10: {"chan_vese": 0.820, "sequential": 0.799, "self2seg": 0.851, "denoiseg": 0.864},
     30: {"chan_vese": 0.773, "sequential": 0.777, "self2seg": 0.825, "denoiseg": 0.848},
@@ -123,11 +126,14 @@ def paper_config(level: float, base: Self2SegConfig | None = None) -> Self2SegCo
 
 
 def method_config(method: str, level: float, base: Self2SegConfig | None = None) -> Self2SegConfig:
-    """Config of a Self2Seg method name (``self2seg``, ``self2seg_cbg``, ``self2seg_default``)."""
+    """Config of a Self2Seg method name (``self2seg``, ``self2seg_cbg``, ``self2seg_bs``,
+    ``self2seg_default``)."""
     if method == "self2seg":
         return paper_config(level, base)
     if method == "self2seg_cbg":
         return paper_config(level, base).replace(bg_expert="constant")
+    if method == "self2seg_bs":
+        return paper_config(level, base).replace(data_term="blind_spot")
     if method == "self2seg_default":
         return base or Self2SegConfig()
     raise ValueError(f"not a Self2Seg method: {method!r}")
