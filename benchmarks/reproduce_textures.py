@@ -5,6 +5,8 @@ Library code: :mod:`self2seg_jax.experiments.textures`. Writes ``textures.json``
 
     python benchmarks/reproduce_textures.py                      # 256x256, as in the paper
     python benchmarks/reproduce_textures.py --quick --out /tmp/t # tiny smoke run
+    python benchmarks/reproduce_textures.py --skip-toy --data-term blind_spot --lams 0.06 \
+        --mu-variants --no-diagnose --tag blind_spot              # blind-spot data term
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def run_textures(args, key) -> tuple[dict, list]:
     if args.quick:
         overrides = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20,
                          train_patience=20, n_average=2)
-    cfg = tx.texture_config(lam=args.lams[0], **overrides)
+    cfg = tx.texture_config(lam=args.lams[0], data_term=args.data_term, **overrides)
     results, items = [], []
     for pair in args.pairs:
         left, right = pair.split(":")
@@ -223,6 +225,11 @@ def main() -> None:
     ap.add_argument("--no-diagnose", action="store_true",
                     help="skip the first-W-step and oracle (ground-truth start) analyses")
     ap.add_argument("--quick", action="store_true", help="tiny networks (smoke test)")
+    ap.add_argument("--data-term", choices=["output", "blind_spot"], default="output",
+                    help="Self2Seg data term: the paper's (f - D f)^2 ('output') or the experts' "
+                         "blind-spot predictions ('blind_spot', not in the paper)")
+    ap.add_argument("--tag", default="",
+                    help="suffix of the texture result files (textures_<tag>.json / .png)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -239,18 +246,26 @@ def main() -> None:
             "experiment": "paper Fig. 8/9: two scikit-image textures with equal region means, "
                           "Self2Seg (box start, two Noise2Fast experts) vs convex Chan-Vese vs "
                           "Noise2Fast on the whole image",
+            "data_term": args.data_term,
             "paper": {"fig9": tx.PAPER_FIG9, "fig8": "Chan-Vese fails on equal means, Self2Seg "
                       "succeeds (lam 0.06, 50x50 boxes, lr 1e-3, 3 outer iterations)"},
             "size": args.size, "noise": args.noise, "convention": args.convention,
             "zoom": args.zoom, "seed": args.seed,
             **tex,
             "wall_seconds": wall,
-            "notes": texture_notes(tex["results"], tx.PAPER_FIG9),
+            "notes": texture_notes(tex["results"], tx.PAPER_FIG9) + ([
+                "This run uses data_term='blind_spot' (not the paper's): the data terms compare "
+                "f with the experts' predictions from the checkerboard halves they were trained "
+                "on, which never see the pixel's own noise, so E (f - D_J f)^2 = E (c - D_J f)^2 "
+                "+ sigma^2 and the expert with the lower true error wins. The denoised output "
+                "(composite of the experts' full-image outputs) is defined as in the paper."
+            ] if args.data_term == "blind_spot" else []),
         }
-        io.write_json(args.out / "textures.json", doc, overwrite=True)
+        stem = "textures" + (f"_{args.tag}" if args.tag else "")
+        io.write_json(args.out / f"{stem}.json", doc, overwrite=True)
         fig = tx.texture_figure(items, title=f"equal-mean textures, {args.size}², noise "
                                 f"{args.noise:g} ({args.convention})")
-        io.write_figure(args.out / "textures.png", fig, overwrite=True)
+        io.write_figure(args.out / f"{stem}.png", fig, overwrite=True)
         summary["textures"] = doc
 
     if not args.skip_toy:
