@@ -164,6 +164,7 @@ NAMES = {"chan_vese": "Chan–Vese", "sequential": "sequential (N2F → CV)",
          "self2seg": "Self2Seg (paper config)",
          "self2seg_cbg": "Self2Seg (paper, constant-bg reading)",
          "self2seg_bs": "Self2Seg (paper config + blind-spot data term)",
+         "self2seg_cvstart": "Self2Seg (paper config, Chan–Vese's Otsu start)",
          "self2seg_default": "Self2Seg (library default)"}
 
 
@@ -210,7 +211,7 @@ def report(args) -> None:
             i_fixed = grid.index(0.03) if 0.03 in grid else None
             fixed = d[:, i_fixed] if i_fixed is not None else np.full(len(sel), np.nan)
             paper = E.PAPER_TABLE1.get(int(level), {}).get(method if method in ("chan_vese", "sequential") else "self2seg")
-            if method == "self2seg_bs" or (method == "self2seg_default" and level > 10):
+            if method in ("self2seg_bs", "self2seg_cvstart") or (method == "self2seg_default" and level > 10):
                 paper = None  # not the paper's configuration
             rs = [{id(e[3]): e[3] for e in v} for v in sel]  # the rows of each patch
             init = [next(iter(x.values()))["init_dice"] for x in rs if "init_dice" in next(iter(x.values()))]

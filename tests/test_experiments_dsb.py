@@ -189,3 +189,23 @@ def test_run_level_small(key):
     # resumable: skipping done rows runs nothing
     assert E.run_level(30, key=key, methods=("chan_vese",), lams=(0.01,), indices=[5],
                        skip={("chan_vese", 5)}) == []
+
+
+def test_run_level_cvstart_uses_chan_vese_start(key):
+    """``self2seg_cvstart`` starts from Otsu of the noisy patch (Chan–Vese's start), not the
+    shared Noise2Fast start, and equals a direct sweep from that mask."""
+    from self2seg_jax.initialisation import otsu_threshold
+
+    base = s2s.Self2SegConfig(**TINY)
+    (row,) = E.run_level(30, key=key, methods=("self2seg_cvstart",), lams=(0.02,), indices=[21],
+                         size=64, base=base)
+    p = E.noisy_patches(30, size=64, indices=[21])[0]
+    f = s2s.api.normalise(p.noisy)[0]
+    m0 = f > otsu_threshold(f)
+    assert row["init_dice"] == pytest.approx(s2s.metrics.dice(m0, p.gt))
+    assert row["start_seconds"] == 0.0
+    direct = E.self2seg_sweep(key, f, m0, (0.02,), config=E.method_config("self2seg_cvstart", 30, base),
+                              batch="map")
+    assert row["dice"][0] == pytest.approx(s2s.metrics.dice(direct["mask"][0], p.gt))
+    _, shared, _ = E.shared_start(key, p.noisy, base)
+    assert not np.array_equal(shared, m0)  # the two starts differ on this patch
