@@ -197,10 +197,12 @@ def report(args) -> None:
     for level in levels:
         grids = {m: grid_of(args, m, level) for m in E.METHODS}
         tables = {m: merged(rows, level, m, grids[m]) for m in E.METHODS}
-        # compare methods on the patches that every method present has (a partial run has
-        # fewer Self2Seg patches than baseline patches)
+        # compare the paper's methods on the patches they all have (a partial run has fewer
+        # Self2Seg patches than baseline patches); a variant run on fewer patches gets a row
+        # on its own patches (see `patches`) and is compared pairwise in the paired table
         present = [m for m in E.METHODS if len(tables[m]) >= 2]
-        common = set.intersection(*(set(tables[m]) for m in present)) if present else set()
+        core = [m for m in ("chan_vese", "sequential", "self2seg") if m in present] or present
+        common = set.intersection(*(set(tables[m]) for m in core)) if core else set()
         for method in present:
             sel = [v for k, v in tables[method].items() if k in common]
             if len(sel) < 2:
@@ -228,6 +230,9 @@ def report(args) -> None:
                 "loo_lams": [grid[i] for i in s["loo_idx"]], "seconds_per_patch": float(secs),
                 "mean_dice_per_lam": d.mean(axis=0).round(4).tolist(),
                 "init_dice_mean": float(np.mean(init)) if init else None,
+                "oracle": s["oracle"].round(4).tolist(), "loo": s["loo"].round(4).tolist(),
+                "dice": d.round(4).tolist(),
+                "init_dice": [round(float(x), 4) for x in init] if len(init) == len(sel) else None,
             }
             init_s = f"{np.mean(init):.3f}" if init else "—"
             paper_s = f"{paper:.3f}" if paper is not None else "—"
@@ -237,6 +242,7 @@ def report(args) -> None:
                 f"{np.mean(fixed):.3f} | {paper_s} | {init_s} | {secs:.1f} |"
             )
         figure(args, level, tables)
+    md += paired_table(summary)
     md += ["", "Mean Dice per λ (same patches as above; one table per grid):"]
     for grid in sorted({tuple(v["lams"]) for v in summary.values()}):
         md += ["", "| noise / method | " + " | ".join(f"{x:g}" for x in grid) + " |",
@@ -257,6 +263,42 @@ def report(args) -> None:
                         f"{r['init_dice']:.4f}" if "init_dice" in r else ""])
     _atomic_write(out / "per_patch.csv", buf.getvalue().encode())
     print("\n".join(md))
+
+
+def paired_table(summary: dict, tie: float = 0.005) -> list[str]:
+    from self2seg_jax.experiments import dsb2018 as E
+
+    """Per-patch (paired) comparison of each Self2Seg variant with the baselines: mean Dice
+    difference and wins / ties / losses (|difference| < ``tie`` is a tie), oracle and LOO; plus
+    the mean gain over the method's own start."""
+    md = ["", f"Paired, per patch (same patches as above; tie = |ΔDice| < {tie}):", "",
+          "| noise | method | vs (patches) | Δ oracle (mean) | W/T/L oracle | Δ LOO (mean) | W/T/L LOO | gain over start |",
+          "|---|---|---|---|---|---|---|---|"]
+    for k, v in summary.items():
+        level, method = k.split("/")
+        if not method.startswith("self2seg"):
+            continue
+        for base in ("sequential", "chan_vese", "self2seg"):
+            b = summary.get(f"{level}/{base}")
+            if b is None or base == method:
+                continue
+            both = sorted(set(v["patches"]) & set(b["patches"]))
+            iv = [v["patches"].index(x) for x in both]
+            ib = [b["patches"].index(x) for x in both]
+            if len(both) < 2:
+                continue
+            cells = []
+            # both protocols on the shared patches only (LOO picks lambda from those)
+            sv = E.select_lambda(np.array(v["dice"])[iv])
+            sb = E.select_lambda(np.array(b["dice"])[ib])
+            for prot in ("oracle", "loo"):
+                d = sv[prot] - sb[prot]
+                w, t, l = int(np.sum(d >= tie)), int(np.sum(np.abs(d) < tie)), int(np.sum(d <= -tie))
+                cells += [f"{d.mean():+.3f}", f"{w}/{t}/{l}"]
+            gain = (f"{np.mean(np.array(v['oracle'])[iv] - np.array(v['init_dice'])[iv]):+.3f}"
+                    if v.get("init_dice") else "—")
+            md.append(f"| {level[1:]} | {method} | {base} ({len(both)}) | " + " | ".join(cells) + f" | {gain} |")
+    return md
 
 
 def figure(args, level, tables) -> None:

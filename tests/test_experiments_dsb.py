@@ -104,6 +104,9 @@ def test_reproduce_script_merges_lambda_runs_and_reports(tmp_path):
     r10 = dict(rows[0], level=10.0)
     assert R._rows_by([r10], 10.0, "self2seg_cbg")[0]["alias_of"] == "self2seg"
     assert R._rows_by([r10], 30.0, "self2seg_cbg") == []
+    for patch in (0, 1):  # a baseline on the unfiltered grid, for the paired table
+        rows.append({"level": 30.0, "convention": "std255", "method": "sequential", "patch": patch,
+                     "lams": list(E.LAMBDAS), "dice": [0.7] * 10, "seconds": 1.0, "init_dice": 0.4})
     out = tmp_path / "res"
     out.mkdir()
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -115,13 +118,16 @@ def test_reproduce_script_merges_lambda_runs_and_reports(tmp_path):
     Args.out = out
     R.report(Args)
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["n30/self2seg"]
+    assert sorted(summary) == ["n30/self2seg", "n30/sequential"]
     s = summary["n30/self2seg"]
     assert s["patches"] == [0, 1] and s["oracle_lams"] == [0.0005, 0.0005]
     assert s["oracle_mean"] == pytest.approx(0.9)
     # a 10-lambda sweep's time from a 10-lambda row (100 s) and a 4-lambda row (40 s -> 100 s)
     assert s["seconds_per_patch"] == pytest.approx(100.0)
-    assert "Self2Seg (paper config)" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "Self2Seg (paper config)" in table
+    # paired: oracle 0.9 vs 0.7 on both patches; LOO: each patch gets the other's best (0.0005)
+    assert "| 30 | self2seg | sequential (2) | +0.200 | 2/0/0 | +0.200 | 2/0/0 | +0.500 |" in table
 
 
 def test_select_lambda_protocols():
