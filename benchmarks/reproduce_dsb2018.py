@@ -307,9 +307,10 @@ def figure(args, level, tables) -> None:
 
     from self2seg_jax.experiments import dsb2018 as E
 
-    cols = [m for m in ("self2seg", "self2seg_bs", "self2seg_cbg", "sequential", "chan_vese") if tables.get(m)]
-    have = [p for p in FIG_PATCHES if all(p in tables[m] for m in cols)]
-    if not have or "self2seg" not in cols:
+    cols = [m for m in ("self2seg", "self2seg_bs", "self2seg_cvstart", "self2seg_cbg", "sequential",
+                        "chan_vese") if tables.get(m)]
+    have = [p for p in FIG_PATCHES if all(p in tables.get(m, {}) for m in ("self2seg", "sequential", "chan_vese"))]
+    if not have:
         return
     patches = {p.index: p for p in E.noisy_patches(level, convention=args.convention, indices=have)}
     fig = Figure(figsize=(2.6 * (len(cols) + 2), 2.7 * len(have)))
@@ -318,6 +319,9 @@ def figure(args, level, tables) -> None:
         p = patches[pi]
         panels = [("noisy", p.noisy)]
         for m in cols:
+            if pi not in tables[m]:
+                panels.append((f"{m}\n(not run on this patch)", np.zeros_like(p.gt)))
+                continue
             lam, dice, _, r, j = max(tables[m][pi], key=lambda e: e[1])
             src = dict(r, method=r.get("alias_of", r["method"]))
             path = mask_path(args.out, src)
@@ -330,7 +334,7 @@ def figure(args, level, tables) -> None:
         panels.append(("ground truth", p.gt))
         for ax, (title, im) in zip(axes[i], panels):
             ax.imshow(im, cmap="gray", interpolation="nearest")
-            ax.set_title(title if i == 0 or "Dice" in title else "", fontsize=8)
+            ax.set_title(title if i == 0 or "\n" in title else "", fontsize=8)
             ax.set_axis_off()
         axes[i][0].set_title(f"noisy (n{level:g}), patch {pi}", fontsize=8)
     fig.tight_layout()
