@@ -252,6 +252,19 @@ def mean_filter(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
     return s / c
 
 
+def _other_axes_odd(spatial: tuple[int, ...], a: int) -> jax.Array:
+    """Parity of the sum of the spatial indices other than axis ``a`` (bool, broadcastable to
+    the shape squeezed along ``a``): where a checkerboard row starts on the odd colour."""
+    ndim = len(spatial)
+    if ndim == 1:
+        return jnp.zeros((1,), bool)
+    par = sum(
+        (jnp.arange(n) % 2).reshape([n if k == b else 1 for k in range(ndim)])
+        for b, n in enumerate(spatial) if b != a
+    )
+    return par % 2 == 1
+
+
 def checkerboard_pairs_nd(x: jax.Array, ndim: int = 2) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """Noise2Fast checkerboard down-sampling over the last ``ndim`` axes (paper §4.3).
 
@@ -271,12 +284,7 @@ def checkerboard_pairs_nd(x: jax.Array, ndim: int = 2) -> tuple[tuple[jax.Array,
         ax = lead + a
         a0 = lax.slice_in_dim(x, 0, None, 2, axis=ax)
         a1 = lax.slice_in_dim(x, 1, None, 2, axis=ax)
-        # parity of the sum of the other spatial indices, broadcast over the squeezed shape
-        par = sum(
-            (jnp.arange(n) % 2).reshape([n if k == b else 1 for k in range(ndim)])
-            for b, n in enumerate(spatial) if b != a
-        )
-        odd = (par % 2 == 1) if ndim > 1 else jnp.zeros((1,), bool)
+        odd = _other_axes_odd(spatial, a)
         even_v, odd_v = jnp.where(odd, a1, a0), jnp.where(odd, a0, a1)
         pairs += [(even_v, odd_v), (odd_v, even_v)]
     return tuple(pairs)
@@ -308,13 +316,9 @@ def checkerboard_blind_spot_nd(apply, x: jax.Array, ndim: int = 2, full: jax.Arr
     acc = jnp.zeros_like(xc)
     for k, a in enumerate(reversed(range(ndim))):
         ax = lead + a
-        (ev, od), (od2, ev2) = pairs[2 * k], pairs[2 * k + 1]
+        ev, od = pairs[2 * k]
         p_odd, p_even = apply(ev), apply(od)  # predictions of the odd / even coloured voxels
-        par = sum(
-            (jnp.arange(n) % 2).reshape([n if kk == b else 1 for kk in range(ndim)])
-            for b, n in enumerate(spatial) if b != a
-        )
-        odd = (par % 2 == 1) if ndim > 1 else jnp.zeros((1,), bool)
+        odd = _other_axes_odd(spatial, a)
         a0 = jnp.where(odd, p_odd, p_even)  # values at index 2m along ax
         a1 = jnp.where(odd, p_even, p_odd)  # values at index 2m + 1
         inter = jnp.stack([a0, a1], axis=ax + 1)
