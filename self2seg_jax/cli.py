@@ -101,6 +101,7 @@ HELP_DEFAULTS = {
     "lam": 0.03, "mu": 0.01, "fg_expert": "n2f", "bg_expert": "constant", "data_filter": 1,
     "linear_size": 15, "net_width": 32, "net_depth": 4, "learning_rate": 0.001,
     "train_max_steps": 400, "max_outer": 8, "pd_max_iter": 3000, "init_denoise": True,
+    "data_term": "output",
 }
 
 
@@ -122,6 +123,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-filter", type=int, metavar="K",
                    help="odd mean-filter size for the data terms, 3 at high noise "
                    f"(default {d['data_filter']} = off)")
+    g.add_argument("--data-term", choices=["output", "blind_spot"],
+                   help="experts' residuals from their outputs (paper) or from blind-spot "
+                   "predictions that never see the pixel's own noise (two classes only; "
+                   f"default {d['data_term']})")
     g.add_argument("--linear-size", type=int, metavar="K",
                    help=f"odd filter size of linear experts (default {d['linear_size']})")
     g.add_argument("--net-width", type=int, metavar="C",
@@ -235,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_KEYS = ("seed", "init", "fg_box", "bg_box", "paper")
 _FLAG_FIELDS = ("lam", "mu", "fg_expert", "bg_expert", "data_filter", "linear_size", "net_width",
                 "net_depth", "learning_rate", "train_max_steps", "max_outer", "pd_max_iter",
-                "init_denoise")
+                "init_denoise", "data_term")
 
 
 def _load_toml(path: Path) -> dict:

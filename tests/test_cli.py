@@ -173,7 +173,8 @@ def test_config_flags_toml_and_precedence(tmp_path):
         ["segment", "a.tif", "-o", "o", "--net-width", "8", "--net-depth", "2", "--train-steps",
          "30", "--max-outer", "2", "--pd-max-iter", "300", "--mu", "0.001", "--fg-expert",
          "linear", "--bg-expert", "constant", "--linear-size", "5", "--learning-rate", "0.01",
-         "--init-denoise"]))
+         "--init-denoise", "--data-term", "blind_spot"]))
+    assert cfg.data_term == "blind_spot"
     assert (cfg.net_width, cfg.net_depth, cfg.train_max_steps, cfg.max_outer, cfg.pd_max_iter) == (
         8, 2, 30, 2, 300)
     assert cfg.train_min_steps <= cfg.train_max_steps
