@@ -268,7 +268,7 @@ def _check_key(key):
     raise ValueError(f"key must be a jax.random.key, got {type(key).__name__}")
 
 
-def _check_pd_cap(pd_iters, config: Self2SegConfig) -> None:
+def _check_pd_cap(pd_iters, config: Self2SegConfig, stacklevel: int = 3) -> None:
     """Warn (``RuntimeWarning``) when a mask step stopped at ``pd_max_iter`` instead of at
     ``pd_tol``: its relaxed mask can be far from the minimiser (e.g. still empty)."""
     check = max(1, config.pd_check_every)
@@ -281,7 +281,7 @@ def _check_pd_cap(pd_iters, config: Self2SegConfig) -> None:
             f"Self2Seg: the mask step of outer iteration(s) {hit} stopped at its iteration cap "
             f"(pd_max_iter={config.pd_max_iter}) before reaching pd_tol={config.pd_tol:g}; the "
             "mask may be far from the minimiser — raise pd_max_iter (or pd_tol)",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning, stacklevel=stacklevel,
         )
 
 
@@ -545,7 +545,7 @@ def segment_multiclass(
     n = int(s.it)
     _check_status(status, n, "a class became empty (lam too large, too many classes, or experts "
                   "that cannot tell the classes apart); returning the labels as they are")
-    _check_pd_cap(np.asarray(s.pd_iters[:n]), config)
+    _check_pd_cap(np.asarray(s.pd_iters[:n]), config, stacklevel=4)
     scale = hi - lo
     u = np.asarray(s.u, np.float32)
     den = np.asarray(s.den, np.float32)
