@@ -168,6 +168,12 @@ NAMES = {"chan_vese": "Chan–Vese", "sequential": "sequential (N2F → CV)",
          "self2seg_default": "Self2Seg (library default)"}
 
 
+PAPER_COLUMN = {"chan_vese": "chan_vese", "sequential": "sequential", "self2seg": "self2seg",
+                "self2seg_cbg": "self2seg"}
+"""The paper's Table 1 column of each method (the readings of the paper's configuration);
+variants that are not the paper's get none."""
+
+
 def report(args) -> None:
     from self2seg_jax.experiments import dsb2018 as E
 
@@ -195,7 +201,6 @@ def report(args) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     summary = {}
-    tables = {}
     for level in levels:
         grids = {m: grid_of(args, m, level) for m in E.METHODS}
         tables = {m: merged(rows, level, m, grids[m]) for m in E.METHODS}
@@ -214,15 +219,13 @@ def report(args) -> None:
             s = E.select_lambda(d)
             i_fixed = grid.index(0.03) if 0.03 in grid else None
             fixed = d[:, i_fixed] if i_fixed is not None else np.full(len(sel), np.nan)
-            paper = E.PAPER_TABLE1.get(int(level), {}).get(method if method in ("chan_vese", "sequential") else "self2seg")
-            if method in ("self2seg_bs", "self2seg_cvstart") or (method == "self2seg_default" and level > 10):
-                paper = None  # not the paper's configuration
-            rs = [{id(e[3]): e[3] for e in v} for v in sel]  # the rows of each patch
-            init = [next(iter(x.values()))["init_dice"] for x in rs if "init_dice" in next(iter(x.values()))]
+            paper = E.PAPER_TABLE1.get(int(level), {}).get(PAPER_COLUMN.get(method))
+            rs = [list({id(e[3]): e[3] for e in v}.values()) for v in sel]  # the rows of each patch
+            init = [x[0]["init_dice"] for x in rs if "init_dice" in x[0]]
             # seconds for a whole 10-lambda sweep of one patch: each row's share scaled by its lambda count
             secs = np.mean([
                 sum((r["seconds"] + r.get("start_seconds", 0.0)) * len(grid) / len(r["lams"]) / len(x)
-                    for r in x.values()) for x in rs])
+                    for r in x) for x in rs])
             summary[f"n{level:g}/{method}"] = {
                 "patches": sorted(k for k in tables[method] if k in common), "lams": grid,
                 "oracle_mean": float(s["oracle"].mean()), "oracle_std": float(s["oracle"].std()),

@@ -357,7 +357,8 @@ def run_level(
         for p, m in zip(ps, masks):
             emit("chan_vese", p, m, dt)
 
-    need = sorted({p.index for m in methods if m != "chan_vese" for p in todo[m]})
+    own_start = ("chan_vese", "self2seg_cvstart")  # start from Otsu of the noisy patch
+    need = sorted({p.index for m in methods if m not in own_start for p in todo[m]})
     starts = {}
     for p in patches:
         if p.index in need:
@@ -368,6 +369,14 @@ def run_level(
     def start_info(p):
         f, m0, den, dt = starts[p.index]
         return {"start_seconds": dt, "init_dice": metrics.dice(m0, p.gt)}
+
+    def start_of(method, p):
+        """``(f, m0, row fields)`` of a Self2Seg method's start on patch ``p``."""
+        if method == "self2seg_cvstart":  # Chan–Vese's start: Otsu of the noisy patch
+            f = api.normalise(api.validate_image(p.noisy))[0]
+            m0 = f > otsu_threshold(f)
+            return f, m0, {"start_seconds": 0.0, "init_dice": metrics.dice(m0, p.gt)}
+        return starts[p.index][0], starts[p.index][1], start_info(p)
 
     if todo.get("sequential"):
         ps = todo["sequential"]
@@ -384,11 +393,7 @@ def run_level(
     for method in [x for x in methods if x.startswith("self2seg")]:
         cfg = method_config(method, level, base)
         for p in todo[method]:
-            f, m0 = starts[p.index][:2]
-            extra = start_info(p)
-            if method == "self2seg_cvstart":  # Chan–Vese's start: Otsu of the noisy patch
-                m0 = f > otsu_threshold(f)
-                extra = {"start_seconds": 0.0, "init_dice": metrics.dice(m0, p.gt)}
+            f, m0, extra = start_of(method, p)
             t = time.perf_counter()
             r = self2seg_sweep(key, f, m0, lams, config=cfg, batch=batch)
             dt = time.perf_counter() - t
