@@ -75,7 +75,7 @@ def mask_path(out: Path, row: dict) -> Path:
     return out / "masks" / f"{stem}.npz"
 
 
-ALIASES = {"self2seg_default": "self2seg", "self2seg_cbg": "self2seg"}
+ALIASES = {"self2seg_default": "self2seg"}
 """Methods whose configuration equals ``self2seg``'s at noise <= 10 (not run again there)."""
 
 
@@ -162,14 +162,14 @@ def run(args) -> None:
 
 NAMES = {"chan_vese": "Chan–Vese", "sequential": "sequential (N2F → CV)",
          "self2seg": "Self2Seg (paper config)",
-         "self2seg_cbg": "Self2Seg (paper, constant-bg reading)",
-         "self2seg_bs": "Self2Seg (paper config + blind-spot data term)",
+         "self2seg_n2fbg": "Self2Seg (paper, two-N2F-experts reading)",
+         "self2seg_bs": "Self2Seg (two N2F experts + blind-spot data term)",
          "self2seg_cvstart": "Self2Seg (paper config, Chan–Vese's Otsu start)",
          "self2seg_default": "Self2Seg (library default)"}
 
 
 PAPER_COLUMN = {"chan_vese": "chan_vese", "sequential": "sequential", "self2seg": "self2seg",
-                "self2seg_cbg": "self2seg"}
+                "self2seg_n2fbg": "self2seg"}
 """The paper's Table 1 column of each method (the readings of the paper's configuration);
 variants that are not the paper's get none."""
 
@@ -194,8 +194,10 @@ def report(args) -> None:
         "",
         f"λ grids: unfiltered energies {list(E.LAMBDAS)}; mean-filtered Self2Seg (n30/n50) "
         f"{list(E.FILTERED_LAMBDAS)}" + (f"; overridden by --lams {args.lams}" if args.lams else "") + ". "
-        "At noise 10 the constant-background reading and the library default are the paper "
-        "configuration itself (not listed twice).",
+        "At noise 10 the library default is the paper configuration itself (not listed twice). "
+        "The paper's configuration (`self2seg`) has a constant background at every level; "
+        "`self2seg_n2fbg` is the other reading of its noise-30/50 setting (a second Noise2Fast "
+        "expert for the background; see `dsb2018.paper_config`).",
         "",
         "| noise | method | patches | oracle | LOO (honest) | λ=0.03 | paper (oracle) | init mask | s / patch (10 λ) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -312,7 +314,7 @@ def figure(args, level, tables) -> None:
 
     from self2seg_jax.experiments import dsb2018 as E
 
-    cols = [m for m in ("self2seg", "self2seg_bs", "self2seg_cvstart", "self2seg_cbg", "sequential",
+    cols = [m for m in ("self2seg", "self2seg_n2fbg", "self2seg_bs", "self2seg_cvstart", "sequential",
                         "chan_vese") if tables.get(m)]
     have = [p for p in FIG_PATCHES if all(p in tables.get(m, {}) for m in ("self2seg", "sequential", "chan_vese"))]
     if not have:

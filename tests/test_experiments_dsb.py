@@ -36,25 +36,31 @@ def test_noisy_patches_conventions_and_determinism():
 
 
 def test_paper_config_per_noise_level():
-    c10, c30 = E.paper_config(10), E.paper_config(30)
+    c10, c30, c50 = E.paper_config(10), E.paper_config(30), E.paper_config(50)
     assert (c10.fg_expert, c10.bg_expert, c10.data_filter) == ("n2f", "constant", 1)
-    assert (c30.fg_expert, c30.bg_expert, c30.data_filter) == ("n2f", "n2f", 3)
+    assert (c30.fg_expert, c30.bg_expert, c30.data_filter) == ("n2f", "constant", 3)
+    assert c50 == c30
     assert E.method_config("self2seg_default", 30) == s2s.Self2SegConfig()
-    # the other reading of the paper: constant background, still filtered at 30/50
-    cb10, cb30 = E.method_config("self2seg_cbg", 10), E.method_config("self2seg_cbg", 50)
-    assert cb10 == c10
-    assert (cb30.fg_expert, cb30.bg_expert, cb30.data_filter) == ("n2f", "constant", 3)
+    assert E.method_config("self2seg_default", 10) == c10  # why it is an alias at noise 10
+    assert E.method_config("self2seg_cvstart", 30) == c30  # same config, other start
+    # the other reading of the paper at 30/50: a second Noise2Fast expert, still filtered
+    n10, n50 = E.method_config("self2seg_n2fbg", 10), E.method_config("self2seg_n2fbg", 50)
+    assert (n10.fg_expert, n10.bg_expert, n10.data_filter) == ("n2f", "n2f", 1)
+    assert (n50.fg_expert, n50.bg_expert, n50.data_filter) == ("n2f", "n2f", 3)
     bs10, bs30 = E.method_config("self2seg_bs", 10), E.method_config("self2seg_bs", 30)
-    assert bs10 == c10.replace(data_term="blind_spot") and bs30 == c30.replace(data_term="blind_spot")
+    assert bs10 == n10.replace(data_term="blind_spot")
+    assert bs30 == E.method_config("self2seg_n2fbg", 30).replace(data_term="blind_spot")
     assert E.method_lambdas("self2seg_bs", 30) == E.FILTERED_LAMBDAS
     assert E.method_lambdas("self2seg_bs", 10) == E.LAMBDAS
+    with pytest.raises(ValueError, match="not a Self2Seg method"):
+        E.method_config("self2seg_cbg", 30)
     for grid in (E.LAMBDAS, E.FILTERED_LAMBDAS):
         assert all(0 < x <= 1 for x in grid) and len(grid) == 10 and 0.03 in grid
         assert list(grid) == sorted(set(grid))
     # filtered energies get the lower grid, everything else the first one
     assert E.method_lambdas("self2seg", 30) == E.FILTERED_LAMBDAS
-    assert E.method_lambdas("self2seg_cbg", 50) == E.FILTERED_LAMBDAS
-    for m, lev in (("self2seg", 10), ("self2seg_cbg", 10), ("chan_vese", 50), ("sequential", 30),
+    assert E.method_lambdas("self2seg_n2fbg", 50) == E.FILTERED_LAMBDAS
+    for m, lev in (("self2seg", 10), ("self2seg_n2fbg", 10), ("chan_vese", 50), ("sequential", 30),
                    ("self2seg_default", 30)):
         assert E.method_lambdas(m, lev) == E.LAMBDAS, (m, lev)
     with pytest.raises(ValueError, match="unknown method"):
@@ -102,8 +108,9 @@ def test_reproduce_script_merges_lambda_runs_and_reports(tmp_path):
     assert R.mask_path(tmp_path, rows[0]) != R.mask_path(tmp_path, rows[3])
     # the noise-10 aliases borrow self2seg's rows; the report picks merged rows only
     r10 = dict(rows[0], level=10.0)
-    assert R._rows_by([r10], 10.0, "self2seg_cbg")[0]["alias_of"] == "self2seg"
-    assert R._rows_by([r10], 30.0, "self2seg_cbg") == []
+    assert R._rows_by([r10], 10.0, "self2seg_default")[0]["alias_of"] == "self2seg"
+    assert R._rows_by([r10], 30.0, "self2seg_default") == []
+    assert R._rows_by([r10], 10.0, "self2seg_n2fbg") == []  # a different config at noise 10
     for patch in (0, 1):  # a baseline on the unfiltered grid, for the paired table
         rows.append({"level": 30.0, "convention": "std255", "method": "sequential", "patch": patch,
                      "lams": list(E.LAMBDAS), "dice": [0.7] * 10, "seconds": 1.0, "init_dice": 0.4})
