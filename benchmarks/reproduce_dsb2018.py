@@ -75,16 +75,24 @@ def mask_path(out: Path, row: dict) -> Path:
     return out / "masks" / f"{stem}.npz"
 
 
-ALIASES = {"self2seg_default": "self2seg"}
-"""Methods whose configuration equals ``self2seg``'s at noise <= 10 (not run again there)."""
+def alias_of(method, level):
+    """``"self2seg"`` where ``method`` is the library default and that equals the paper's
+    configuration at ``level`` (noise 10): it is not run again there and the report borrows
+    ``self2seg``'s rows; else ``None``. Derived from the configs, not from the noise level."""
+    from self2seg_jax.experiments import dsb2018 as E
+
+    if method == "self2seg_default" and E.method_config(method, level) == E.paper_config(level):
+        return "self2seg"
+    return None
 
 
 def _rows_by(rows, level, method):
     """Rows of a (level, method); aliases of Self2Seg's paper config at noise 10 borrow its rows."""
     sel = [r for r in rows if r["level"] == level and r["method"] == method]
-    if not sel and method in ALIASES and level <= 10:
-        sel = [dict(r, method=method, alias_of=ALIASES[method]) for r in rows
-               if r["level"] == level and r["method"] == ALIASES[method]]
+    src = alias_of(method, level)
+    if not sel and src:
+        sel = [dict(r, method=method, alias_of=src) for r in rows
+               if r["level"] == level and r["method"] == src]
     return sorted(sel, key=lambda r: r["patch"])
 
 
@@ -144,7 +152,7 @@ def run(args) -> None:
                   flush=True)
 
         for method in args.methods:
-            if method in ALIASES and level <= 10:
+            if alias_of(method, level):
                 continue  # same configuration as self2seg there; the report borrows its rows
             rows = [r for r in load_rows(rows_path) if r["convention"] == args.convention]
             grid = grid_of(args, method, level)
@@ -209,7 +217,7 @@ def report(args) -> None:
         # compare the paper's methods on the patches they all have (a partial run has fewer
         # Self2Seg patches than baseline patches); a variant run on fewer patches gets a row
         # on its own patches (see `patches`) and is compared pairwise in the paired table
-        present = [m for m in E.METHODS if len(tables[m]) >= 2 and not (m in ALIASES and level <= 10)]
+        present = [m for m in E.METHODS if len(tables[m]) >= 2 and not alias_of(m, level)]
         core = [m for m in ("chan_vese", "sequential", "self2seg") if m in present] or present
         common = set.intersection(*(set(tables[m]) for m in core)) if core else set()
         for method in present:
