@@ -10,14 +10,30 @@ each compiled function (``memory_analysis().temp_size_in_bytes``) as the memory 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import self2seg_jax as s2s
+from self2seg_jax.provenance import provenance
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_info() -> dict:
+    """This run's command line, date and load average, and the library's provenance record
+    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
+    return {"command": "python " + shlex.join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
 
 
 def _problem(size):
@@ -47,7 +63,7 @@ def main():
     ap.add_argument("--lam", type=float, default=0.3)
     ap.add_argument("--mu", type=float, default=0.1)
     args = ap.parse_args()
-    out = {"backend": jax.default_backend(), "device": str(jax.devices()[0]), "sizes": {}}
+    out = {**run_info(), "sizes": {}}
     for size in args.sizes:
         d_fg, d_bg, tgt = _problem(size)
         u_ref = jnp.full_like(d_fg, 0.5)

@@ -15,8 +15,11 @@ Prints one JSON line per measurement; ``--out FILE`` also writes them as a JSON 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -25,14 +28,17 @@ import numpy as np
 
 import self2seg_jax as s2s
 
+HERE = Path(__file__).resolve().parent
 
-def machine() -> dict:
-    from _machine import cpu_model
 
-    cpu = cpu_model()
-    return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]), "jax": jax.__version__,
-            "loadavg_1min": os.getloadavg()[0]}
+def run_info() -> dict:
+    """This run's command line, date and load average, and the library's provenance record
+    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
+    from self2seg_jax.provenance import provenance
+
+    return {"command": "python " + shlex.join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
 
 
 def _timed(fn, reps: int = 2):
@@ -54,7 +60,7 @@ def bench_classes(c: int, size: int, steps: int, outer: int, stack: str, width: 
         train_min_steps=steps, max_outer=outer, mask_tol=0.0, energy_p=0.0, init_denoise=False,
         stack_experts={"vmap": "always", "map": "never"}[stack],
     )
-    res, times = _timed(lambda: s2s.segment_multiclass(jax.random.key(0), img, num_classes=c, init=labels, config=cfg))
+    res, times = _timed(lambda: s2s.segment(jax.random.key(0), img, num_classes=c, init=labels, config=cfg))
     return {"what": "classes", "C": c, "size": size, "stack": stack, "adam_steps_per_expert": steps,
             "net": f"{width}x{depth}", "num_outer": res.num_outer, "first_call_s": round(times[0], 2),
             "second_call_s": round(times[1], 2), "s_per_outer": round(times[1] / res.num_outer, 3),
@@ -97,7 +103,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = []
-    print(json.dumps({"machine": machine()}), flush=True)
+    info = run_info()
+    print(json.dumps(info), flush=True)
     for c in args.classes:
         for stack in args.stack:
             rows.append(bench_classes(c, args.size, args.steps, args.outer, stack, args.width, args.depth))
@@ -108,7 +115,8 @@ def main() -> None:
                                      min(args.depth, 2), ex, args.pd_max_iter))
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"machine": machine(), "command": " ".join(os.sys.argv), "rows": rows}, indent=1))
+        info["load_average_at_end"] = list(os.getloadavg())
+        args.out.write_text(json.dumps({**info, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,14 @@ convolution and with plain ``lax`` convolution), and primal–dual iterations pe
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
+import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +27,17 @@ import numpy as np
 
 import self2seg_jax as s2s
 from self2seg_jax import alternating, experts, pdhg
-from _machine import cpu_model
+from self2seg_jax.provenance import provenance
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_info() -> dict:
+    """This run's command line, date and load average, and the library's provenance record
+    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
+    return {"command": "python " + shlex.join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
 
 
 def _image(size: int, seed: int = 0) -> np.ndarray:
@@ -42,20 +58,20 @@ def _time(fn, *args, repeat: int = 1):
 
 
 def bench_train_step(size: int, cfg: s2s.Self2SegConfig, impl: str, steps: int) -> float:
-    tc = cfg.replace(conv_impl=impl).train_config("n2f")
-    tc = experts.TrainConfig(**{**tc.__dict__, "max_steps": steps, "min_steps": steps})
+    tc = cfg.replace(conv_impl=impl).spec().train
+    tc = dataclasses.replace(tc, max_steps=steps, min_steps=steps)
     f = jnp.asarray(s2s.api.normalise(_image(size).astype(np.float64))[0])
     w = jnp.ones_like(f)
-    params = experts.init_params(jax.random.key(0), tc)
-    fit = jax.jit(lambda p, f, w: experts.fit_n2f(p, f, w, 1e-3, tc)[1])
-    dt, _ = _time(fit, params, f, w)
-    return dt / steps
+    params = experts.init_params(jax.random.key(0), "n2f", tc)
+    fit = jax.jit(lambda p, f, w: experts.fit_n2f(p, f, w, 1e-3, tc)[1:])
+    dt, (_, taken) = _time(fit, params, f, w)
+    return dt / int(taken)  # steps run in blocks of val_every: may exceed ``steps``
 
 
 def bench_pdhg(size: int, iters: int = 1000) -> float:
     rng = np.random.default_rng(0)
     r = jnp.asarray(rng.standard_normal((size, size)).astype(np.float32) * 0.1)
-    solve = jax.jit(lambda r: pdhg.pdhg_solve(r, 0.05, tol=0.0, max_iter=iters).u)
+    solve = jax.jit(lambda r: pdhg.solve(r, 0.05, pdhg.Problem(), tol=0.0, max_iter=iters).u)
     dt, _ = _time(solve, r, repeat=2)
     return iters / dt
 
@@ -69,30 +85,26 @@ def main() -> None:
     args = ap.parse_args()
     cfg = s2s.Self2SegConfig(max_outer=args.max_outer)
     out = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": __import__("os").cpu_count(),
-            "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]),
-            "jax": jax.__version__,
-        },
-        "config": {k: v for k, v in cfg.__dict__.items()},
+        **run_info(),
+        "config": dataclasses.asdict(cfg),
         "sizes": {},
     }
     for size in args.sizes:
         img = _image(size)
         res = {}
-        n0 = alternating.TRACE_COUNT[0]
+        n0 = alternating.run._cache_size()
         t = time.perf_counter()
         r1 = s2s.segment(jax.random.key(0), img, config=cfg)
         first = time.perf_counter() - t
+        n1 = alternating.run._cache_size()
         t = time.perf_counter()
         r2 = s2s.segment(jax.random.key(1), img, config=cfg.replace(lam=cfg.lam * 1.5))
         second = time.perf_counter() - t
         res["segment_first_call_s"] = round(first, 3)
         res["segment_second_call_s"] = round(second, 3)
         res["compile_overhead_s_est"] = round(first - second, 3)
-        res["retraces_on_second_call"] = alternating.TRACE_COUNT[0] - n0 - 1
+        res["compilations_on_first_call"] = n1 - n0
+        res["retraces_on_second_call"] = alternating.run._cache_size() - n1
         res["num_outer"] = [r1.num_outer, r2.num_outer]
         res["train_steps_per_outer"] = r2.train_steps.tolist()
         res["pd_iterations_per_outer"] = r2.pd_iterations.tolist()
@@ -112,7 +124,7 @@ def main() -> None:
         res["per_outer_train_s_est"] = np.round(train_s, 3).tolist()
         res["per_outer_ustep_s_est"] = np.round(u_s, 4).tolist()
         out["sizes"][str(size)] = res
-        print(json.dumps({str(size): res}), flush=True, file=__import__("sys").stderr)
+        print(json.dumps({str(size): res}), flush=True, file=sys.stderr)
     print(json.dumps(out, indent=2))
 
 

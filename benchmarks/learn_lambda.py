@@ -16,13 +16,19 @@ The experts are fixed here (trained once by the default run); only the final mas
 re-solved. Prints a JSON summary.
 
     python benchmarks/learn_lambda.py --steps 40
+    python benchmarks/learn_lambda.py --quick --patches 5 10 0 --steps 2   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +37,19 @@ import optax
 
 import self2seg_jax as s2s
 from self2seg_jax import api
+from self2seg_jax.provenance import provenance
+
+HERE = Path(__file__).resolve().parent
+QUICK = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20, train_patience=20,
+             n_average=2)
+
+
+def run_info() -> dict:
+    """This run's command line, date and load average, and the library's provenance record
+    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
+    return {"command": "python " + shlex.join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
 
 
 def soft_dice(u, gt):
@@ -43,15 +62,23 @@ def main():
     ap.add_argument("--train", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--patches", type=int, nargs="+", default=None,
+                    help="patches used (default: all 16); the test set is these minus --train")
+    ap.add_argument("--quick", action="store_true", help="tiny expert networks (smoke test)")
     args = ap.parse_args()
-    cfg = s2s.Self2SegConfig()
+    info = run_info()
+    cfg = s2s.Self2SegConfig(**(QUICK if args.quick else {}))
     patches = s2s.data.sample_patches(128)
+    used = list(range(len(patches))) if args.patches is None else list(args.patches)
+    if not set(args.train) <= set(used) or not set(used) - set(args.train):
+        ap.error("--train must be among --patches and leave at least one test patch")
     d_fg, d_bg, u0, gts = [], [], [], []
     t0 = time.perf_counter()
-    for i, (_, clean, gt) in enumerate(patches):
+    for i in used:
+        _, clean, gt = patches[i]
         noisy = s2s.data.add_gaussian_noise(1000 + i, clean, args.noise)
         r = s2s.segment(jax.random.key(i), noisy, config=cfg)
-        f, lo, hi = api.normalise(api.validate_image(noisy))
+        f, lo, hi = api.normalise(api.validate_image(noisy)[0])
         fg = (r.denoised_fg - lo) / (hi - lo)
         bg = (r.denoised_bg - lo) / (hi - lo)
         d_fg.append((f - fg) ** 2)
@@ -60,8 +87,9 @@ def main():
         gts.append(gt.astype(np.float32))
     t_runs = time.perf_counter() - t0
     d_fg, d_bg, u0, gts = map(lambda a: jnp.asarray(np.stack(a)), (d_fg, d_bg, u0, gts))
-    train = np.array(args.train)
-    test = np.array([i for i in range(len(patches)) if i not in set(args.train)])
+    # positions in the stacked arrays (patch used[k] is row k)
+    train = np.array([used.index(i) for i in args.train])
+    test = np.array([k for k, i in enumerate(used) if i not in set(args.train)])
 
     def mask(lam, mu, a, b, ur):
         return s2s.relaxed_mask(a, b, lam, mu=mu, u_ref=ur, smoothing=1e-2, tol=1e-4,
@@ -102,8 +130,11 @@ def main():
     default = dice_at(cfg.lam, cfg.mu, test)
     learned = dice_at(lam_l, mu_l, test)
     print(json.dumps({
+        **info,
+        "config_overrides": QUICK if args.quick else {},
         "noise": args.noise,
-        "train_patches": train.tolist(),
+        "train_patches": list(args.train),
+        "test_patches": [used[k] for k in test],
         "learned_lam": lam_l, "learned_mu": mu_l,
         "default_lam": cfg.lam, "default_mu": cfg.mu,
         "soft_dice_loss_first_last": [history[0], history[-1]],

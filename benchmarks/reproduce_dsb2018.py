@@ -3,7 +3,7 @@
 16 non-overlapping 128x128 patches x noise levels 10/30/50 x ten lambdas; Chan-Vese, sequential
 (Noise2Fast -> Chan-Vese), Self2Seg in the paper's configuration and with the library defaults.
 Reports the paper's per-image oracle lambda and the honest leave-one-patch-out lambda (see
-``self2seg_jax.experiments.dsb2018``). Resumable: rows already in ``rows.jsonl`` are skipped.
+``experiments.dsb2018``). Resumable: rows already in ``rows.jsonl`` are skipped.
 
     python benchmarks/reproduce_dsb2018.py                      # everything (hours on a CPU)
     python benchmarks/reproduce_dsb2018.py --levels 30 --patches 0 1 2 3
@@ -23,8 +23,7 @@ import hashlib
 import io
 import json
 import os
-import platform
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,22 +33,16 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "dsb2018"
 FIG_PATCHES = (2, 7, 13)  # fixed in advance (not chosen by result)
 
 
-def machine() -> dict:
-    from _machine import cpu_model
-
-    cpu = cpu_model()
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    import jax
+def run_info() -> dict:
+    """One ``meta.json`` entry: this run's command line, start time and load average, and the
+    library's provenance record (versions, device, CPU, cores, git commit, clean-tree flag)."""
+    from self2seg_jax.provenance import provenance
 
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "commit": commit, "python": platform.python_version(),
+        "command": "python " + shlex.join(sys.argv),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "load_average": list(os.getloadavg()),
+        **provenance(Path(__file__).resolve().parent),
     }
 
 
@@ -67,7 +60,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def mask_path(out: Path, row: dict) -> Path:
     """Packed masks of one row. Rows of the first grid (:data:`LAMBDAS`) used untagged names."""
-    from self2seg_jax.experiments.dsb2018 import LAMBDAS
+    from experiments.dsb2018 import LAMBDAS
 
     stem = f"{row['convention']}_n{row['level']:g}_{row['method']}_p{row['patch']}"
     if [float(x) for x in row["lams"]] != list(LAMBDAS):
@@ -79,7 +72,7 @@ def alias_of(method, level):
     """``"self2seg"`` where ``method`` is the library default and that equals the paper's
     configuration at ``level`` (noise 10): it is not run again there and the report borrows
     ``self2seg``'s rows; else ``None``. Derived from the configs, not from the noise level."""
-    from self2seg_jax.experiments import dsb2018 as E
+    from experiments import dsb2018 as E
 
     if method == "self2seg_default" and E.method_config(method, level) == E.paper_config(level):
         return "self2seg"
@@ -118,25 +111,21 @@ def missing(rows, level, method, patch, grid):
 
 
 def grid_of(args, method, level):
-    from self2seg_jax.experiments import dsb2018 as E
+    from experiments import dsb2018 as E
 
     return tuple(args.lams) if args.lams else E.method_lambdas(method, level)
 
 
 def run(args) -> None:
     import jax
-
-    from self2seg_jax.experiments import dsb2018 as E
+    from experiments import dsb2018 as E
 
     out = args.out
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
-    meta["runs"].append({
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"), **machine(),
-    })
+    meta["runs"].append(run_info())
     _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     key = jax.random.key(args.key)
     indices = args.patches if args.patches is not None else range(16)
@@ -183,7 +172,7 @@ variants that are not the paper's get none."""
 
 
 def report(args) -> None:
-    from self2seg_jax.experiments import dsb2018 as E
+    from experiments import dsb2018 as E
 
     out = args.out
     rows = [r for r in load_rows(out / "rows.jsonl") if r["convention"] == args.convention]
@@ -281,11 +270,11 @@ def report(args) -> None:
 
 
 def paired_table(summary: dict, tie: float = 0.005) -> list[str]:
-    from self2seg_jax.experiments import dsb2018 as E
-
     """Per-patch (paired) comparison of each Self2Seg variant with the baselines: mean Dice
     difference and wins / ties / losses (|difference| < ``tie`` is a tie), oracle and LOO; plus
     the mean gain over the method's own start."""
+    from experiments import dsb2018 as E
+
     md = ["", f"Paired, per patch (same patches as above; tie = |ΔDice| < {tie}):", "",
           "| noise | method | vs (patches) | Δ oracle (mean) | W/T/L oracle | Δ LOO (mean) | W/T/L LOO | gain over start |",
           "|---|---|---|---|---|---|---|---|"]
@@ -318,9 +307,8 @@ def paired_table(summary: dict, tie: float = 0.005) -> list[str]:
 
 def figure(args, level, tables) -> None:
     """Paper Fig. 5-7 style: noisy | Self2Seg | sequential | Chan-Vese | GT (oracle lambda)."""
+    from experiments import dsb2018 as E
     from matplotlib.figure import Figure
-
-    from self2seg_jax.experiments import dsb2018 as E
 
     cols = [m for m in ("self2seg", "self2seg_n2fbg", "self2seg_bs", "self2seg_cvstart", "sequential",
                         "chan_vese") if tables.get(m)]
@@ -359,7 +347,7 @@ def figure(args, level, tables) -> None:
 
 
 def main() -> None:
-    from self2seg_jax.experiments.dsb2018 import METHODS
+    from experiments.dsb2018 import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", type=float, nargs="+", default=[30.0, 50.0, 10.0])

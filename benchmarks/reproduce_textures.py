@@ -1,6 +1,6 @@
 """Paper Fig. 8/9 (equal-mean textures) and Fig. 1 (stripes toy, linear experts); prints JSON.
 
-Library code: :mod:`self2seg_jax.experiments.textures`. Writes ``textures.json``,
+Library code: :mod:`experiments.textures`. Writes ``textures.json``,
 ``textures.png``, ``toy_fig1.json`` and ``toy_fig1.png`` into ``--out``.
 
     python benchmarks/reproduce_textures.py                      # 256x256, as in the paper
@@ -15,51 +15,29 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from experiments import textures as tx
 
 from self2seg_jax import io
-from self2seg_jax.experiments import textures as tx
-from _machine import cpu_model
+from self2seg_jax.provenance import provenance
 
 HERE = Path(__file__).resolve().parent
 
 
-def _git(*args) -> str | None:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=HERE, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def provenance(argv) -> dict:
-    import jaxlib
-
-    status = _git("status", "--porcelain")
+def run_info(argv) -> dict:
+    """This run's command line, date and load average at start, and the library's provenance
+    record (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
     return {
-        "command": "python " + " ".join(shlex.quote(a) for a in argv),
+        "command": "python " + shlex.join(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        },
-        "git_head": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
+        "load_average_at_start": list(os.getloadavg()),
+        "machine": provenance(HERE),
     }
 
 
@@ -233,7 +211,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    prov = provenance(sys.argv)
+    prov = run_info(sys.argv)
     key = jax.random.key(args.seed)
     summary = {}
 

@@ -3,7 +3,7 @@
 Runs each named variant of the default configuration on a few patches of the bundled sample
 (Gaussian noise, std on the 0-255 scale, fixed seeds) and prints one JSON line per variant:
 mean/std Dice, mean seconds per patch (compiled call, excluding the first compilation), outer
-iterations and Adam steps. Example:
+iterations and Adam steps (after a first line with the run's provenance). Example:
 
     python benchmarks/tradeoff_dsb.py --noise 30 --patches 0 5 10 15 --lam 0.03
     python benchmarks/tradeoff_dsb.py --variants default cold_start wide
@@ -12,13 +12,21 @@ iterations and Adam steps. Example:
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
 import self2seg_jax as s2s
+from self2seg_jax.provenance import provenance
+
+HERE = Path(__file__).resolve().parent
 
 VARIANTS = {
     "default": {},
@@ -34,6 +42,14 @@ VARIANTS = {
 }
 
 
+def run_info() -> dict:
+    """This run's command line, date and load average, and the library's provenance record
+    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
+    return {"command": "python " + shlex.join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--noise", type=float, default=30.0)
@@ -41,6 +57,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=None, help="override lam (default: config's)")
     ap.add_argument("--variants", nargs="+", default=["default", "cold_start", "fewer_steps"])
     args = ap.parse_args()
+    print(json.dumps(run_info()), flush=True)
     patches = s2s.data.sample_patches(128)
     sel = [patches[i] for i in args.patches]
     noisy = [s2s.data.add_gaussian_noise(1000 + i, img, args.noise) for i, (_, img, _) in zip(args.patches, sel)]

@@ -1,6 +1,6 @@
 # Generates notebooks/quickstart.ipynb (without outputs): python notebooks/make_quickstart.py
 import nbformat
-from nbformat.v4 import new_notebook, new_markdown_cell, new_code_cell
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 cells = []
 md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
@@ -159,11 +159,13 @@ plt.show()
 md(r"""
 ## 4. A λ sweep with `jax.vmap` — low-level API
 
-> **Low-level API.** This section calls the compiled scheme `self2seg_jax.alternating.run_scheme`
-> directly, on the normalised image and with explicit initial weights. It is what `s2s.segment`
-> does inside, but it is not the stable interface: prefer `s2s.segment` unless you need to batch.
+> **Low-level API.** This section calls the compiled scheme `self2seg_jax.alternating.run`
+> directly, on the normalised image, with explicit initial region weights `w0` (shape `(C, h, w)`,
+> class 0 = background) and initial labels. It is what `s2s.segment` does inside, but it is not
+> the stable interface: prefer `s2s.segment` unless you need to batch
+> (`alternating.run_sweep` is the ready-made λ sweep, with a shared first W-step).
 
-The configuration splits into a hashable **static** part (`config.static()`: shapes, expert
+The configuration splits into a hashable **static** part (`config.spec()`: shapes, expert
 kinds, iteration caps — a change recompiles) and a **traced** part (`config.hyper()`: a
 `Hyper` of float32 scalars — λ, µ, learning rate, tolerances). Because the `Hyper` is traced,
 we can stack several λ values into a batched `Hyper` and `vmap` the whole scheme over it
@@ -176,21 +178,23 @@ batch several times slower than a single run, so the sweep uses its own, shorter
 """)
 
 code(r"""
-from self2seg_jax.api import normalise
+from self2seg_jax.api import normalise, validate_image
 
-f32, _, _ = normalise(np.asarray(noisy, np.float64))      # (h, w) float32 in [0, 1]
+f32, _, _ = normalise(validate_image(noisy)[0])          # (h, w) float32 in [0, 1]
 m0 = jnp.asarray(res.init_mask, jnp.float32)              # the initial mask used above
+w0 = jnp.stack([1.0 - m0, m0])                            # (C, h, w) region weights, bg first
+labels0 = m0.astype(jnp.int32)                            # (h, w) initial labels
 sweep_config = config.replace(train_max_steps=SWEEP_STEPS,
                               train_min_steps=min(config.train_min_steps, SWEEP_STEPS),
                               max_outer=SWEEP_MAX_OUTER)
-st = sweep_config.static()                                # static: recompiles when changed
+spec = sweep_config.spec()                                # static: recompiles when changed
 hyper = sweep_config.hyper()                              # traced: Hyper of float32 scalars
 lams = jnp.asarray(LAMS, jnp.float32)
 batched = jax.tree.map(lambda x: jnp.broadcast_to(x, lams.shape), hyper)._replace(lam=lams)
 print(batched)
 
-run_one = lambda h: alternating.run_scheme(jax.random.key(SEED), jnp.asarray(f32), m0, 1.0 - m0,
-                                           m0, h, st=st)
+run_one = lambda h: alternating.run(jax.random.key(SEED), jnp.asarray(f32), w0, labels0, h,
+                                    spec=spec)
 sweep = jax.jit(jax.vmap(run_one, in_axes=(0,)))           # vmap over the Hyper only
 
 t0 = time.perf_counter()
@@ -198,8 +202,9 @@ states = jax.block_until_ready(sweep(batched))
 print(f"{len(LAMS)} lambda values in one call: {time.perf_counter() - t0:.2f} s "
       "(compile + run; a second call with other lambda values would not recompile)")
 
-masks = np.asarray(states.mask) > 0.5
-denoised = np.asarray(jax.vmap(alternating.composite)(states.u, states.den)) * (hi - lo) + lo
+masks = np.asarray(states.labels) > 0
+composite = lambda s: alternating.composite(alternating.probabilities(s, spec), s.den)
+denoised = np.asarray(jax.vmap(composite)(states)) * (hi - lo) + lo
 sweep_dice = [s2s.metrics.dice(m, gt) for m in masks]
 status = np.asarray(states.status)
 for lam, d, it, s in zip(LAMS, sweep_dice, np.asarray(states.it), status, strict=True):
@@ -223,16 +228,17 @@ md("""
 ## 5. Timing the compiled call
 
 `segment` compiles the scheme once per static configuration and image shape. A new image of
-the same shape, a new key or a new λ reuses the compiled program (`alternating.TRACE_COUNT`
-counts the traces).
+the same shape, a new key or a new λ reuses the compiled program
+(`alternating.run._cache_size()` counts the programs compiled for the scheme).
 """)
 
 code(r"""
-traces = alternating.TRACE_COUNT[0]
+compiled = alternating.run._cache_size()
+assert compiled >= 1                                       # the first call compiled the scheme
 t0 = time.perf_counter()
 res2 = s2s.segment(jax.random.key(SEED + 1), noisy, config=config.replace(lam=2 * config.lam))
 t_second = time.perf_counter() - t0
-assert alternating.TRACE_COUNT[0] == traces, "unexpected recompilation"
+assert alternating.run._cache_size() == compiled, "unexpected recompilation"
 
 print(f"first call  (trace + compile + run): {t_first:8.2f} s")
 print(f"second call (new key and lam, run only): {t_second:8.2f} s  "
@@ -265,7 +271,7 @@ code(r"""
 import optax
 from self2seg_jax import api
 
-f, lo, hi = api.normalise(api.validate_image(noisy))
+f, lo, hi = api.normalise(api.validate_image(noisy)[0])
 d_fg = jnp.asarray((f - (res.denoised_fg - lo) / (hi - lo)) ** 2)
 d_bg = jnp.asarray((f - (res.denoised_bg - lo) / (hi - lo)) ** 2)
 u_ref = jnp.asarray(res.init_mask, jnp.float32)

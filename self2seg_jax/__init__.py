@@ -28,8 +28,8 @@ _LAZY_NAMES = {
     "relaxed_mask": "self2seg_jax.diff",
 }
 _SUBMODULES = {
-    "alternating", "api", "baselines", "cli", "config", "data", "diff", "energy", "experiments",
-    "experts", "initialisation", "io", "metrics", "multiclass", "ops", "pdhg", "viz",
+    "alternating", "api", "baselines", "cli", "config", "data", "diff", "energy", "experts",
+    "initialisation", "io", "metrics", "ops", "pdhg", "progress", "provenance", "viz",
 }
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "metrics",
     "ops",
     "pdhg",
+    "progress",
     "relaxed_mask",
     "segment",
     "segment_multiclass",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from self2seg_jax import api
+from self2seg_jax import api, experts
 from self2seg_jax.config import Self2SegConfig
 
 
@@ -66,11 +66,12 @@ def denoise_n2f(key: jax.Array, image, *, config: Self2SegConfig = Self2SegConfi
 
     Returns a float32 ``(h, w)`` array in the input's intensity scale.
     """
-    config.validate()
-    a = api.validate_image(image)
-    key = api._check_key(key)
+    a, nd = api.validate_image(image)
     f, lo, hi = api.normalise(a)
-    out = api.n2f_denoise_normalised(key, f, config)
+    train = config.spec(ndim=nd).train
+    out = np.asarray(experts.denoise(api.check_key(key), f, config.learning_rate, train))
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("Noise2Fast denoising produced non-finite values")
     return (out * (hi - lo) + lo).astype(np.float32)
 
 

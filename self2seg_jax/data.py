@@ -54,7 +54,8 @@ def sample_patches(size: int = 128) -> list[tuple[tuple[int, int], np.ndarray, n
 def add_gaussian_noise(seed: int, image: np.ndarray, sigma: float) -> np.ndarray:
     """``image + sigma * N(0, 1)`` (float32, not clipped), with a NumPy generator of ``seed``."""
     rng = np.random.default_rng(seed)
-    return (np.asarray(image, np.float32) + sigma * rng.standard_normal(image.shape)).astype(np.float32)
+    noise = sigma * rng.standard_normal(image.shape)
+    return (np.asarray(image, np.float32) + noise).astype(np.float32)
 
 
 def stripes(

@@ -26,7 +26,7 @@ Two modes:
   memory ``O(iterations / check_every)`` images.
 
 **Non-smoothness.** TV is not differentiable where ``grad u = 0``; both modes use the Huber
-smoothing ``TV_eps`` (``eps = smoothing``, default ``1e-2``, see :func:`ops.huber_tv`), i.e. a
+smoothing ``TV_eps`` (``eps = smoothing``, default ``1e-2``, :func:`self2seg_jax.ops.tv`), i.e. a
 quadratic ``|grad u|^2 / (2 eps)`` below ``eps``. **Without ``mu`` the relaxed problem has
 (almost everywhere) binary minimisers** (thresholding theorem): ``u*`` is 0 or 1 on almost every
 pixel, the inactive set is a thin band along the edges, and the derivative is zero almost
@@ -40,38 +40,48 @@ Shapes: ``d_fg``, ``d_bg``, ``u_ref`` are ``(h, w)``; ``lam``, ``mu`` scalars; o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from self2seg_jax import ops, pdhg
+from self2seg_jax import alternating, energy, ops, pdhg
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+    """Static options of :func:`relaxed_mask` (hashable; see its arguments)."""
+
+    smoothing: float = 1e-2
+    tol: float = 1e-6
+    max_iter: int = 20000
+    check_every: int = 10
+    unroll_iters: int = 1000
+    isotropic: bool = True
+    active_tol: float = 1e-5
+    cg_tol: float = 1e-6
+    cg_max_iter: int = 2000
+    cg_damping: float = 1e-7
+
+    @property
+    def problem(self) -> pdhg.Problem:
+        return pdhg.Problem(isotropic=self.isotropic)
 
 
 def _smooth_grad(u, r, lam, mu, u_ref, eps, isotropic):
     """Gradient in ``u`` of ``lam TV_eps(u) + <r, u> + mu/2 ||u - u_ref||^2``."""
     return jax.grad(
-        lambda v: lam * ops.huber_tv(v, eps, isotropic=isotropic)
+        lambda v: lam * ops.tv(v, isotropic=isotropic, eps=eps)
         + jnp.sum(r * v)
         + 0.5 * mu * jnp.sum((v - u_ref) ** 2)
     )(u)
 
 
-def _forward(d_fg, d_bg, lam, mu, u_ref, opts):
-    r = d_fg - d_bg
-    st = pdhg.pdhg_solve(
-        r,
-        lam,
-        mu=mu,
-        u_ref=u_ref,
-        tol=opts["tol"],
-        max_iter=opts["max_iter"],
-        check_every=opts["check_every"],
-        isotropic=opts["isotropic"],
-        eps=opts["smoothing"],
-    )
-    return st.u
+def _forward(d_fg, d_bg, lam, mu, u_ref, opts: MaskOptions):
+    return pdhg.solve(d_fg - d_bg, lam, opts.problem, mu=mu, u_ref=u_ref, tol=opts.tol,
+                      max_iter=opts.max_iter, check_every=opts.check_every, eps=opts.smoothing).u
 
 
 def _cg(matvec, b, tol, max_iter):
@@ -112,8 +122,8 @@ def _implicit_fwd(d_fg, d_bg, lam, mu, u_ref, opts):
 
 def _implicit_bwd(opts, res, v):
     u, d_fg, d_bg, lam, mu, u_ref = res
-    eps, iso = opts["smoothing"], opts["isotropic"]
-    a = opts["active_tol"]
+    eps, iso = opts.smoothing, opts.isotropic
+    a = opts.active_tol
     inactive = ((u > a) & (u < 1.0 - a)).astype(u.dtype)
 
     def g_of_u(w):
@@ -121,13 +131,13 @@ def _implicit_bwd(opts, res, v):
 
     _, hvp = jax.linearize(g_of_u, u)
     # Damping relative to the largest curvature scale: lam * 8 / eps (TV part) + mu.
-    damp = opts["cg_damping"] * (8.0 * lam / jnp.maximum(eps, 1e-12) + mu)
+    damp = opts.cg_damping * (8.0 * lam / jnp.maximum(eps, 1e-12) + mu)
 
     def matvec(w):
         w = inactive * w
         return inactive * hvp(w) + damp * w + (1.0 - inactive) * w
 
-    w = _cg(matvec, inactive * v, opts["cg_tol"], opts["cg_max_iter"])
+    w = _cg(matvec, inactive * v, opts.cg_tol, opts.cg_max_iter)
     w = inactive * w
 
     def g_of_theta(d_fg, d_bg, lam, mu, u_ref):
@@ -140,17 +150,16 @@ def _implicit_bwd(opts, res, v):
 _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
-def _unrolled(d_fg, d_bg, lam, mu, u_ref, opts):
+def _unrolled(d_fg, d_bg, lam, mu, u_ref, opts: MaskOptions):
     r = d_fg - d_bg
-    iso, eps, ce = opts["isotropic"], opts["smoothing"], opts["check_every"]
-    state = pdhg.pdhg_init(r, u0=jnp.full_like(r, 0.5))
-    n_blocks = max(1, -(-opts["unroll_iters"] // ce))
+    prob = opts.problem
+    state = pdhg.init_state(r, prob, u0=jnp.full_like(r, 0.5))
+    n_blocks = max(1, -(-opts.unroll_iters // opts.check_every))
 
     @jax.checkpoint
     def block(s, _):
-        s = lax.fori_loop(
-            0, ce, lambda _, t: pdhg.pdhg_step(t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=iso), s
-        )
+        s = lax.fori_loop(0, opts.check_every, lambda _, t: pdhg.pd_step(
+            t, r, lam, prob, mu=mu, u_ref=u_ref, eps=opts.smoothing), s)
         return s, None
 
     state, _ = lax.scan(block, state, None, length=n_blocks)
@@ -211,13 +220,13 @@ def relaxed_mask(
     lam = jnp.asarray(lam, dtype)
     mu = jnp.asarray(mu, dtype)
     u_ref = jnp.zeros_like(d_fg) if u_ref is None else jnp.asarray(u_ref, dtype)
-    opts = dict(
+    opts = MaskOptions(
         smoothing=float(smoothing), tol=float(tol), max_iter=int(max_iter),
         check_every=int(check_every), unroll_iters=int(unroll_iters), isotropic=bool(isotropic),
         active_tol=float(active_tol), cg_tol=float(cg_tol), cg_max_iter=int(cg_max_iter),
         cg_damping=float(cg_damping),
     )
-    return _solve(d_fg, d_bg, lam, mu, u_ref, mode=mode, opts=_Opts(opts))
+    return _solve(d_fg, d_bg, lam, mu, u_ref, mode=mode, opts=opts)
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "opts"))
@@ -227,65 +236,55 @@ def _solve(d_fg, d_bg, lam, mu, u_ref, *, mode, opts):
     return _unrolled(d_fg, d_bg, lam, mu, u_ref, opts)
 
 
-class _Opts(dict):
-    """Hashable dict for ``nondiff_argnums``."""
-
-    def __hash__(self):
-        return hash(tuple(sorted(self.items())))
-
-
 def scheme_fixed_outer(
     key: jax.Array,
     f: jax.Array,
-    w_fg: jax.Array,
-    w_bg: jax.Array,
-    u0: jax.Array,
-    hyper,
-    st,
+    w0: jax.Array,
+    labels0: jax.Array,
+    hyper: alternating.Hyper,
+    spec: alternating.Spec,
     *,
     n_outer: int = 3,
     mode: str = "implicit",
     smoothing: float = 1e-2,
     **mask_options,
 ) -> tuple[jax.Array, jax.Array]:
-    r"""The alternating scheme with a fixed number of outer iterations, differentiable in
-    ``hyper.lam``, ``hyper.mu`` and ``f``.
+    r"""The two-class alternating scheme with a fixed number of outer iterations,
+    differentiable in ``hyper.lam``, ``hyper.mu`` and ``f``.
 
     The outer loop is a ``lax.scan`` of ``n_outer`` iterations; each u-step is
     :func:`relaxed_mask` (``mode``), so ``jax.grad`` of a loss of the returned relaxed mask works
     end to end. **What is differentiated:** the u-steps (through the data terms, ``lam``, ``mu``
     and the reference mask ``u_ref = u_prev`` of eq. (10)). **What is not:** expert training —
-    the experts' outputs ``D_F(f), D_B(f)`` and the region weights handed to the next W-step are
-    wrapped in ``lax.stop_gradient`` (differentiating through hundreds of unrolled Adam steps of
-    a CNN is memory-hungry and of little use for tuning ``lam``/``mu``); the gradient with
-    respect to ``f`` therefore flows through the residuals ``f - D(f)`` only.
+    the experts' outputs and the region weights handed to the next W-step are wrapped in
+    ``lax.stop_gradient`` (differentiating through hundreds of unrolled Adam steps of a CNN is
+    memory-hungry and of little use for tuning ``lam``/``mu``); the gradient with respect to
+    ``f`` therefore flows through the residuals ``f - D(f)`` only.
 
-    Args are those of :func:`self2seg_jax.alternating.run_scheme` (``hyper`` a ``Hyper``,
-    ``st`` a ``SchemeStatic``), plus ``mode``/``smoothing``/``mask_options`` for
-    :func:`relaxed_mask`.
+    Args are those of :func:`self2seg_jax.alternating.run` (a two-class ``spec``), plus
+    ``mode``/``smoothing``/``mask_options`` for :func:`relaxed_mask`.
 
     Returns:
-      ``(u, den)``: the final relaxed mask ``(h, w)`` and the expert outputs ``(2, h, w)``.
+      ``(u, den)``: the final relaxed foreground mask ``(h, w)`` and the expert outputs
+      ``(2, h, w)`` (background, foreground).
     """
-    from self2seg_jax import alternating, energy
-
-    state = alternating.init_state(key, f, w_fg, w_bg, u0, st)
-    carry0 = (state.key, state.params, lax.stop_gradient(w_fg), lax.stop_gradient(w_bg),
-              jnp.asarray(u0, f.dtype), jnp.zeros((2,) + f.shape, f.dtype))
+    if spec.num_classes != 2:
+        raise ValueError("scheme_fixed_outer is the two-class scheme (spec with two classes)")
+    state = alternating.init_state(key, f, w0, labels0, spec)
+    f_const = lax.stop_gradient(f)
 
     def body(carry, _):
-        key, params, wf, wb, u_prev, _den = carry
-        key, kf, kb = jax.random.split(key, 3)
-        params, den, _ = alternating._fit_both(
-            (kf, kb), params, lax.stop_gradient(f), wf, wb, hyper, st
-        )
-        den = lax.stop_gradient(den)
-        pred = lax.stop_gradient(alternating.data_predictions(params, den, lax.stop_gradient(f), st))
-        d = energy.data_term(f, pred, filter_size=st.data_filter)
-        u = relaxed_mask(d[0], d[1], hyper.lam, mu=hyper.mu, u_ref=u_prev, mode=mode,
-                         smoothing=smoothing, isotropic=st.isotropic_tv, **mask_options)
-        m = lax.stop_gradient((u >= hyper.threshold).astype(f.dtype))
-        return (key, params, m, 1.0 - m, u, den), None
+        s, u_prev = carry
+        ws = alternating.w_step(s, f_const, hyper, spec)
+        ws = ws._replace(den=lax.stop_gradient(ws.den))
+        pred = lax.stop_gradient(alternating.predictions(ws.params, ws.den, f_const, spec))
+        d = energy.data_terms(f, pred, filter_size=spec.data_filter)
+        u = relaxed_mask(d[1], d[0], hyper.lam, mu=hyper.mu, u_ref=u_prev, mode=mode,
+                         smoothing=smoothing, isotropic=spec.isotropic_tv, **mask_options)
+        labels = lax.stop_gradient(u >= hyper.threshold).astype(jnp.int32)
+        s = s._replace(params=ws.params, den=ws.den, key=ws.key, labels=labels,
+                       w=energy.one_hot(labels, 2, f.dtype))
+        return (s, u), None
 
-    (_, _, _, _, u, den), _ = lax.scan(body, carry0, None, length=n_outer)
-    return u, den
+    (s, u), _ = lax.scan(body, (state, state.u.astype(f.dtype)), None, length=n_outer)
+    return u, s.den

@@ -1,18 +1,19 @@
-r"""Pure energy functions of Self2Seg (arXiv 2309.10511v2).
+r"""The Self2Seg energy (arXiv 2309.10511v2, eqs. (5), (10), (13)) as pure functions.
 
-Shapes: images, masks and data terms are ``(h, w)`` (leading batch axes broadcast where
-stated). All images are assumed min–max normalised to ``[0, 1]``; energies are **sums**
-over pixels, so the TV weight ``lam`` is measured against squared residuals of a
-``[0, 1]`` image (typical useful values ``1e-3 .. 1e-1``; see :class:`Self2SegConfig`).
-
-The joint energy, eq. (5), for fixed experts with data terms
-``d_F = (f - D_F(f))**2`` and ``d_B = (f - D_B(f))**2``:
+For ``C`` classes with probabilities ``u = (u_0, ..., u_{C-1})`` on the simplex at every point
+(class 0 = background; two classes: ``u = (1 - v, v)`` with ``v`` the foreground mask) and data
+terms ``d_i = sum_channels [K (f - D_i(f))]^2`` of the class experts ``D_i``:
 
 .. math::
 
-   E(u) = i_{[0,1]}(u) + \lambda\,TV(u) + \sum_i u_i d_{F,i} + (1-u_i) d_{B,i}
-          \;[+\; \tfrac{\mu}{2}\|u - u_R\|^2 \text{ (eq. (10))}]
+   E(u) = \sum_i \langle d_i, u_i \rangle + \tfrac{\lambda}{2} \sum_i TV(u_i)
+          \;[+\; \tfrac{\mu}{4} \|u - u_R\|^2]
 
+Each interface between two classes appears in the TV of both, hence ``lambda/2``: for two
+classes this is exactly eq. (5), ``lambda TV(v) + sum v d_1 + (1 - v) d_0``, and the reference
+term is eq. (10)'s ``mu/2 ||v - v_R||^2``. Images are min–max normalised to ``[0, 1]`` and
+energies are **sums** over pixels (see :class:`self2seg_jax.Self2SegConfig` for ``lambda``'s
+scale). Shapes: ``u``, ``d`` are ``(C, *s)`` with ``len(s) == ndim``.
 """
 
 from __future__ import annotations
@@ -23,91 +24,41 @@ import jax.numpy as jnp
 from self2seg_jax import ops
 
 
-def data_term(f: jax.Array, denoised: jax.Array, *, filter_size: int = 1) -> jax.Array:
-    r"""Expert data term ``(f - D(f))**2`` or its mean-filtered variant (Example 1).
+def data_terms(f: jax.Array, preds: jax.Array, *, filter_size: int = 1, ndim: int = 2,
+               channels: bool = False) -> jax.Array:
+    r"""Data terms ``d_i = sum_channels [K (f - P_i)]^2`` of the experts' predictions ``P_i``.
 
-    With ``filter_size > 1`` returns ``[K_sigma * (f - D(f))]**2`` where ``K_sigma`` is the
-    ``filter_size x filter_size`` mean filter: zero-mean noise averages out of the residual of
-    a good expert, while a biased expert keeps a large filtered residual.
-
-    Args:
-      f: ``(*b, h, w)`` noisy image.
-      denoised: ``(*b, h, w)`` expert output ``D(f)``.
-      filter_size: odd mean-filter size; 1 means no filtering.
-
-    Returns:
-      ``(*b, h, w)`` non-negative data term.
-    """
-    res = f - denoised
-    return ops.mean_filter(res, filter_size) ** 2
-
-
-def joint_energy(
-    u: jax.Array,
-    d_fg: jax.Array,
-    d_bg: jax.Array,
-    lam: jax.Array | float,
-    *,
-    mu: jax.Array | float = 0.0,
-    u_ref: jax.Array | None = None,
-    isotropic: bool = True,
-) -> jax.Array:
-    r"""Joint energy eq. (5) (plus the reference-mask term of eq. (10) when ``mu > 0``).
-
-    The indicator of ``[0, 1]`` is not evaluated: pass an admissible ``u``.
+    ``K`` is the ``filter_size^ndim`` mean filter (paper Example 1; 1 = no filter): zero-mean
+    noise averages out of the residual of a good expert, a biased expert keeps a large one.
 
     Args:
-      u: ``(*b, h, w)`` relaxed or binary mask (1 = foreground).
-      d_fg, d_bg: ``(*b, h, w)`` data terms of the foreground / background experts.
-      lam: TV weight.
-      mu: weight of ``mu/2 ||u - u_ref||^2`` (ignored when ``u_ref`` is None).
-      isotropic: isotropic (paper) or anisotropic TV.
+      f: ``(*s)`` or ``(L, *s)`` (``channels``) normalised image.
+      preds: ``(C, *f.shape)`` expert predictions (outputs, or blind-spot predictions).
 
     Returns:
-      ``(*b,)`` energy.
+      ``(C, *s)`` non-negative data terms.
     """
-    e = lam * ops.tv(u, isotropic=isotropic)
-    e = e + jnp.sum(u * d_fg + (1.0 - u) * d_bg, axis=(-2, -1))
+    sq = ops.mean_filter(f[None] - preds, filter_size, ndim) ** 2
+    return jnp.sum(sq, axis=1) if channels else sq
+
+
+def energy(u: jax.Array, d: jax.Array, lam, *, mu=0.0, u_ref: jax.Array | None = None,
+           ndim: int = 2, spacing=None, isotropic: bool = True) -> jax.Array:
+    """The energy above for probabilities ``u`` (relaxed or one-hot) and data terms ``d``."""
+    e = jnp.sum(jnp.sum(u * d, axis=0)) + 0.5 * lam * jnp.sum(
+        ops.tv(u, ndim, spacing, isotropic=isotropic))
     if u_ref is not None:
-        e = e + 0.5 * mu * jnp.sum((u - u_ref) ** 2, axis=(-2, -1))
+        e = e + 0.25 * mu * jnp.sum((u - u_ref) ** 2)
     return e
 
 
-def binary_energy(
-    u: jax.Array,
-    d_fg: jax.Array,
-    d_bg: jax.Array,
-    lam: jax.Array | float,
-    *,
-    tau: float = 0.5,
-    isotropic: bool = True,
-) -> jax.Array:
-    r"""Energy (6) of the thresholded mask ``1{u >= tau}`` (Theorem 4): ``lam*Per + data``."""
-    m = (u >= tau).astype(d_fg.dtype)
-    return joint_energy(m, d_fg, d_bg, lam, isotropic=isotropic)
+def one_hot(labels: jax.Array, num_classes: int, dtype=jnp.float32) -> jax.Array:
+    """``(C, *s)`` indicator functions of an integer label image ``(*s)``."""
+    return jax.nn.one_hot(labels, num_classes, axis=0, dtype=dtype)
 
 
-def chan_vese_energy(
-    u: jax.Array,
-    f: jax.Array,
-    c1: jax.Array | float,
-    c2: jax.Array | float,
-    lam: jax.Array | float,
-    *,
-    isotropic: bool = True,
-) -> jax.Array:
-    r"""Convex Chan–Vese energy, in the Self2Seg parametrisation.
-
-    ``lam * TV(u) + sum u (f - c1)^2 + (1 - u) (f - c2)^2``: the special case of eq. (5)
-    with constant experts ``D_F = c1``, ``D_B = c2``. The paper's eq. (2) puts its weight on
-    the data term instead (TV weight 1, data weight ``lam_2``); the minimisers coincide for
-    ``lam = 1 / lam_2``.
-    """
-    return joint_energy(u, (f - c1) ** 2, (f - c2) ** 2, lam, isotropic=isotropic)
-
-
-def region_means(f: jax.Array, u: jax.Array, eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
-    """Chan–Vese update: the exact minimisers ``c1, c2`` of ``sum u (f-c1)^2 + (1-u)(f-c2)^2``."""
-    c1 = jnp.sum(f * u, axis=(-2, -1)) / (jnp.sum(u, axis=(-2, -1)) + eps)
-    c2 = jnp.sum(f * (1 - u), axis=(-2, -1)) / (jnp.sum(1 - u, axis=(-2, -1)) + eps)
-    return c1, c2
+def labels_energy(labels: jax.Array, d: jax.Array, lam, *, ndim: int = 2, spacing=None,
+                  isotropic: bool = True) -> jax.Array:
+    """Energy of a label image (eq. (6) for two classes, the binary energy of Theorem 4)."""
+    return energy(one_hot(labels, d.shape[0], d.dtype), d, lam, ndim=ndim, spacing=spacing,
+                  isotropic=isotropic)

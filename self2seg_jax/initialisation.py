@@ -1,30 +1,76 @@
-"""Initial regions for Self2Seg: Otsu / fixed threshold, a user mask, or user boxes.
+"""Initial regions of Self2Seg, for every kind of start (host side, NumPy, eager).
 
-Host-side (NumPy) and eager: everything here runs before tracing and raises ``ValueError``
-with a message naming the problem.
+:func:`start` turns ``init`` — ``"otsu"``, a threshold, a mask or label image, :class:`Boxes`
+or :class:`ClassBoxes` — into the first W-step's region weights and the initial labels, and
+raises ``ValueError`` naming the problem before anything is compiled. Thresholds apply to the
+min–max normalised image, or to its Noise2Fast-denoised version (the paper's DSB2018
+protocol) through the ``denoise`` callable; colour images are thresholded along their first
+principal component.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 
-def otsu_threshold(image: np.ndarray, nbins: int = 256) -> float:
-    """Otsu's threshold (maximal between-class variance of a ``nbins`` histogram).
+class Start(NamedTuple):
+    """Where the scheme starts.
 
-    Same algorithm and histogram as ``skimage.filters.threshold_otsu``; foreground is
-    ``image > threshold``.
+    Attributes:
+      weights: ``(C, *s)`` float32 region weight of each class expert in the first W-step
+        (one-hot labels, or the user's boxes — pixels in no box train no expert).
+      labels: ``(*s)`` int32 initial labels (box starts: pixels in no box are background).
     """
+
+    weights: np.ndarray
+    labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Boxes:
+    """Two-class user boxes ``(y0, x0, y1, x1)`` (half-open ``[y0, y1) x [x0, x1)``), 2-D.
+
+    The first W-step trains the foreground expert only inside ``fg`` and the background
+    expert only inside ``bg`` (paper Fig. 1, 3, 8, 10); without ``bg`` boxes the background
+    expert trains on everything outside the foreground boxes.
+    """
+
+    fg: Sequence[tuple[int, int, int, int]] = ()
+    bg: Sequence[tuple[int, int, int, int]] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassBoxes:
+    """Boxes per class: ``boxes[i]`` lists boxes of class ``i`` (0 = background), each
+    ``(y0, x0, y1, x1)`` in 2-D or ``(z0, y0, x0, z1, y1, x1)`` in 3-D (half-open). Every
+    class needs at least one box."""
+
+    boxes: Sequence[Sequence[tuple[int, ...]]] = ()
+
+
+# ----------------------------------------------------------------------------------------
+# thresholds
+# ----------------------------------------------------------------------------------------
+
+
+def _histogram(image, nbins):
     x = np.asarray(image, np.float64).ravel()
     lo, hi = float(x.min()), float(x.max())
     if lo == hi:
-        raise ValueError("Otsu threshold of a constant image is undefined")
+        raise ValueError("the threshold of a constant image is undefined")
     hist, edges = np.histogram(x, bins=nbins, range=(lo, hi))
-    centers = (edges[:-1] + edges[1:]) / 2
-    hist = hist.astype(np.float64)
+    return hist.astype(np.float64), (edges[:-1] + edges[1:]) / 2
+
+
+def otsu_threshold(image: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold (maximal between-class variance of a ``nbins`` histogram); for float
+    images the same histogram and result as ``skimage.filters.threshold_otsu`` (which bins
+    integer images differently); foreground is ``x > t``."""
+    hist, centers = _histogram(image, nbins)
     w1 = np.cumsum(hist)
     w2 = np.cumsum(hist[::-1])[::-1]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -34,170 +80,198 @@ def otsu_threshold(image: np.ndarray, nbins: int = 256) -> float:
     return float(centers[int(np.nanargmax(var))])
 
 
-@dataclasses.dataclass(frozen=True)
-class Boxes:
-    """User boxes ``(y0, x0, y1, x1)`` (half-open pixel ranges ``[y0, y1) x [x0, x1)``).
-
-    With boxes the first W-step trains the foreground expert only inside ``fg`` and the
-    background expert only inside ``bg`` (paper Fig. 1, 3, 8, 10); if ``bg`` is empty the
-    background expert trains on everything outside the foreground boxes.
-    """
-
-    fg: Sequence[tuple[int, int, int, int]] = ()
-    bg: Sequence[tuple[int, int, int, int]] = ()
-
-
-def _box_mask(boxes, shape, which) -> np.ndarray:
-    m = np.zeros(shape, bool)
-    h, w = shape
-    for b in boxes:
-        try:
-            y0, x0, y1, x1 = (int(v) for v in b)
-        except (TypeError, ValueError):
-            raise ValueError(f"{which} box {b!r} is not four integers (y0, x0, y1, x1)") from None
-        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise ValueError(
-                f"{which} box {(y0, x0, y1, x1)} is empty or outside the {h}x{w} image "
-                "(need 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width)"
-            )
-        m[y0:y1, x0:x1] = True
-    return m
-
-
-def check_mask(mask: np.ndarray, shape, name: str = "initial mask") -> np.ndarray:
-    m = np.asarray(mask)
-    if m.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {m.shape}, the image has shape {tuple(shape)}")
-    if m.dtype != bool:
-        if not np.all(np.isin(m, (0, 1))):
-            raise ValueError(f"{name} must be boolean (or 0/1), got values other than 0 and 1")
-        m = m.astype(bool)
-    if not m.any():
-        raise ValueError(f"{name} is empty (no foreground pixel)")
-    if m.all():
-        raise ValueError(f"{name} is full (no background pixel)")
-    return m
-
-
-def regions_from_boxes(boxes: Boxes, shape) -> tuple[np.ndarray, np.ndarray]:
-    """``(fg_weight, bg_weight)`` boolean arrays from :class:`Boxes`."""
-    if not boxes.fg:
-        raise ValueError("Boxes needs at least one foreground box (fg=[(y0, x0, y1, x1)])")
-    fg = _box_mask(boxes.fg, shape, "foreground")
-    bg = _box_mask(boxes.bg, shape, "background") if boxes.bg else ~fg
-    if (fg & bg).any():
-        raise ValueError("foreground and background boxes overlap")
-    if not bg.any():
-        raise ValueError("the foreground boxes cover the whole image: no background left")
-    return fg, bg
-
-
-# ----------------------------------------------------------------------------------------
-# Multi-class initialisation (multi-level Otsu, label images, boxes per class), N-D.
-# ----------------------------------------------------------------------------------------
-
-
 def multiotsu_thresholds(image: np.ndarray, classes: int, nbins: int = 256) -> np.ndarray:
     """Multi-level Otsu: ``classes - 1`` thresholds maximising the between-class variance.
 
-    Exact optimum over the ``nbins`` histogram (same histogram and objective as
-    ``skimage.filters.threshold_multiotsu``) by dynamic programming over contiguous bin
-    ranges, ``O(classes * nbins^2)``. Class ``k`` is ``t[k-1] < x <= t[k]``
-    (``np.digitize(x, t, right=True)``).
-
-    Raises:
-      ValueError: fewer than ``classes`` distinct occupied histogram bins.
+    Exact optimum over the ``nbins`` histogram (as ``skimage.filters.threshold_multiotsu``) by
+    dynamic programming over contiguous bin ranges, ``O(classes * nbins^2)``. Class ``k`` is
+    ``t[k-1] < x <= t[k]`` (``np.digitize(x, t, right=True)``).
     """
     if classes < 2:
         raise ValueError(f"classes must be >= 2, got {classes}")
-    x = np.asarray(image, np.float64).ravel()
-    lo, hi = float(x.min()), float(x.max())
-    if lo == hi:
-        raise ValueError("multi-level Otsu of a constant image is undefined")
-    hist, edges = np.histogram(x, bins=nbins, range=(lo, hi))
+    hist, centers = _histogram(image, nbins)
     if np.count_nonzero(hist) < classes:
         raise ValueError(
             f"the image has only {np.count_nonzero(hist)} distinct intensity levels; "
-            f"cannot initialise {classes} classes by multi-level Otsu"
-        )
-    centers = (edges[:-1] + edges[1:]) / 2
-    p = hist.astype(np.float64) / hist.sum()
+            f"cannot initialise {classes} classes by multi-level Otsu")
+    p = hist / hist.sum()
     P = np.concatenate([[0.0], np.cumsum(p)])
     S = np.concatenate([[0.0], np.cumsum(p * centers)])
-    # between-class variance = sum_k S_k^2 / P_k - const: maximise sum over classes of
-    # score(i, j) = (S[j] - S[i])^2 / (P[j] - P[i]) for bins i..j-1 (empty ranges -> -inf).
-    n = nbins
-    ii, jj = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    # maximise sum over classes of (S[j] - S[i])^2 / (P[j] - P[i]) for bins i..j-1
+    ii, jj = np.meshgrid(np.arange(nbins + 1), np.arange(nbins + 1), indexing="ij")
     w = P[jj] - P[ii]
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where((jj > ii) & (w > 0), (S[jj] - S[ii]) ** 2 / np.where(w > 0, w, 1.0), -np.inf)
+        score = (S[jj] - S[ii]) ** 2 / np.where(w > 0, w, 1.0)
+        score = np.where((jj > ii) & (w > 0), score, -np.inf)
     best = score[0].copy()  # best[j]: one class on bins 0..j-1
-    arg = np.zeros((classes, n + 1), int)
+    arg = np.zeros((classes, nbins + 1), int)
     for k in range(1, classes):
-        cand = best[:, None] + score  # (i, j)
+        cand = best[:, None] + score
         arg[k] = np.argmax(cand, axis=0)
-        best = cand[arg[k], np.arange(n + 1)]
-    cuts, j = [], n
+        best = cand[arg[k], np.arange(nbins + 1)]
+    cuts, j = [], nbins
     for k in range(classes - 1, 0, -1):
         j = arg[k][j]
         cuts.append(j)
-    cuts = sorted(cuts)
-    return np.array([centers[c - 1] for c in cuts])
+    return np.array([centers[c - 1] for c in sorted(cuts)])
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassBoxes:
-    """Boxes per class for multi-class initialisation: ``boxes[i]`` is a list of boxes of
-    class ``i``, each ``(y0, x0, y1, x1)`` in 2-D or ``(z0, y0, x0, z1, y1, x1)`` in 3-D
-    (half-open). Class 0 is the background. Every class needs at least one box."""
+def first_principal_component(g: np.ndarray) -> np.ndarray:
+    """Project an ``(L, *s)`` image on the first principal component of its pixel colours
+    (oriented to correlate positively with the channel mean), so colour differences that
+    cancel in the channel mean stay visible to a threshold."""
+    x = g.reshape(g.shape[0], -1).astype(np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    _, vecs = np.linalg.eigh(x @ x.T)
+    proj = vecs[:, -1] @ x
+    if np.dot(proj, x.mean(axis=0)) < 0:
+        proj = -proj
+    return proj.reshape(g.shape[1:])
 
-    boxes: Sequence[Sequence[tuple[int, ...]]] = ()
+
+# ----------------------------------------------------------------------------------------
+# labels and boxes
+# ----------------------------------------------------------------------------------------
 
 
-def _box_mask_nd(boxes, shape, which) -> np.ndarray:
+def check_labels(labels, shape, num_classes: int, name: str = "initial mask") -> np.ndarray:
+    """Validate a boolean / 0-1 mask (two classes) or an integer label image ``0..C-1`` with
+    every class present; returns int32 labels."""
+    a = np.asarray(labels)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {a.shape}, the image has spatial shape {tuple(shape)}")
+    if a.dtype == bool:
+        a = a.astype(np.int32)
+    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.isin(a, np.arange(num_classes))):
+        raise ValueError(f"{name} must be an integer (or boolean) array, got dtype {a.dtype}")
+    if a.min() < 0 or a.max() >= num_classes:
+        what = "boolean (or 0/1)" if num_classes == 2 else f"labels 0..{num_classes - 1}"
+        raise ValueError(f"{name} must be {what}, got values in [{a.min()}, {a.max()}]")
+    a = a.astype(np.int32)
+    present = np.bincount(a.ravel(), minlength=num_classes) > 0
+    if num_classes == 2 and not present[1]:
+        raise ValueError(f"{name} is empty (no foreground pixel)")
+    if num_classes == 2 and not present[0]:
+        raise ValueError(f"{name} is full (no background pixel)")
+    if not present.all():
+        raise ValueError(f"{name} has no pixel of class(es) {np.flatnonzero(~present).tolist()}")
+    return a
+
+
+def _box_mask(boxes, shape, which: str) -> np.ndarray:
     nd = len(shape)
     m = np.zeros(shape, bool)
     for b in boxes:
         try:
             v = tuple(int(t) for t in b)
         except (TypeError, ValueError):
-            raise ValueError(f"{which} box {b!r} is not {2 * nd} integers") from None
+            v = ()
         if len(v) != 2 * nd:
-            raise ValueError(f"{which} box {b!r} must have {2 * nd} integers for a {nd}-D image")
+            what = "four" if nd == 2 else str(2 * nd)
+            raise ValueError(f"{which} box {b!r} is not {what} integers "
+                             f"({'y0, x0, y1, x1' if nd == 2 else 'z0, y0, x0, z1, y1, x1'})")
         lo, hi = v[:nd], v[nd:]
         if not all(0 <= a < c <= n for a, c, n in zip(lo, hi, shape)):
-            raise ValueError(f"{which} box {v} is empty or outside the image of shape {tuple(shape)}")
+            raise ValueError(f"{which} box {v} is empty or outside the image of shape "
+                             f"{tuple(shape)} (need 0 <= start < end <= size on every axis)")
         m[tuple(slice(a, c) for a, c in zip(lo, hi))] = True
     return m
 
 
-def class_weights_from_boxes(boxes: ClassBoxes, shape, num_classes: int) -> np.ndarray:
-    """Bool ``(C, *shape)`` first-W-step regions from :class:`ClassBoxes` (validated)."""
-    if len(boxes.boxes) != num_classes:
-        raise ValueError(f"ClassBoxes has boxes for {len(boxes.boxes)} classes, num_classes is {num_classes}")
-    out = []
-    for i, bs in enumerate(boxes.boxes):
-        if not bs:
-            raise ValueError(f"class {i} has no box")
-        out.append(_box_mask_nd(bs, shape, f"class {i}"))
-    w = np.stack(out)
+def box_weights(init: Boxes | ClassBoxes, shape, num_classes: int) -> np.ndarray:
+    """Bool ``(C, *shape)`` first-W-step regions from boxes (validated)."""
+    if isinstance(init, Boxes):
+        if num_classes != 2:
+            raise ValueError("Boxes(fg, bg) is a two-class start; use ClassBoxes for more classes")
+        if len(shape) != 2:
+            raise ValueError("Boxes are 2-D; use ClassBoxes with (z0, y0, x0, z1, y1, x1) for "
+                             "volumes")
+        if not init.fg:
+            raise ValueError("Boxes needs at least one foreground box (fg=[(y0, x0, y1, x1)])")
+        fg = _box_mask(init.fg, shape, "foreground")
+        bg = _box_mask(init.bg, shape, "background") if init.bg else ~fg
+        if not bg.any():
+            raise ValueError("the foreground boxes cover the whole image: no background left")
+        w = np.stack([bg, fg])
+    else:
+        if len(init.boxes) != num_classes:
+            raise ValueError(f"ClassBoxes has boxes for {len(init.boxes)} classes, num_classes is "
+                             f"{num_classes}")
+        for i, bs in enumerate(init.boxes):
+            if not bs:
+                raise ValueError(f"class {i} has no box")
+        w = np.stack([_box_mask(bs, shape, f"class {i}") for i, bs in enumerate(init.boxes)])
     if (w.sum(axis=0) > 1).any():
-        raise ValueError("boxes of different classes overlap")
+        raise ValueError("boxes of different classes overlap" if num_classes > 2
+                         else "foreground and background boxes overlap")
     return w
 
 
-def check_labels(labels, shape, num_classes: int, name: str = "initial label image") -> np.ndarray:
-    """Validate an integer label image with values ``0..C-1``, every class present."""
-    a = np.asarray(labels)
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {a.shape}, the image has spatial shape {tuple(shape)}")
-    if a.dtype == bool:
-        a = a.astype(np.int32)
-    if not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{name} must be an integer (or boolean) array, got dtype {a.dtype}")
-    if a.min() < 0 or a.max() >= num_classes:
-        raise ValueError(f"{name} has values in [{a.min()}, {a.max()}], expected 0..{num_classes - 1}")
-    missing = sorted(set(range(num_classes)) - set(np.unique(a).tolist()))
-    if missing:
-        raise ValueError(f"{name} has no pixel of class(es) {missing}")
-    return a.astype(np.int32)
+# ----------------------------------------------------------------------------------------
+# the start
+# ----------------------------------------------------------------------------------------
+
+
+def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
+          denoise: Callable | None) -> Start:
+    """Resolve ``init`` for the normalised image ``f`` (``(*s)`` or channel-first ``(L, *s)``).
+
+    Args:
+      key: PRNG key handed to ``denoise``.
+      init: ``"otsu"`` (multi-level for ``C > 2``), a threshold in ``(0, 1)`` (two classes), a
+        boolean / 0-1 mask (two classes) or integer label image, :class:`Boxes` (two classes,
+        2-D) or :class:`ClassBoxes`.
+      denoise: ``(key, f) -> g`` image to threshold instead of ``f`` (None: ``f`` itself).
+    """
+    spatial = f.shape[f.ndim - ndim:]
+    c = num_classes
+    if isinstance(init, (Boxes, ClassBoxes)):
+        w = box_weights(init, spatial, c)
+        labels = np.where(w.any(axis=0), np.argmax(w, axis=0), 0).astype(np.int32)
+        return Start(w.astype(np.float32), labels)
+    if isinstance(init, str):
+        if init != "otsu":
+            raise ValueError(f"unknown init {init!r}: use 'otsu', a threshold in (0, 1), a mask or "
+                             "label image, Boxes or ClassBoxes")
+        g = _to_threshold(key, f, ndim, denoise)
+        if c == 2:
+            labels = (g > otsu_threshold(g)).astype(np.int32)
+            name = "Otsu initial mask"
+        else:
+            labels = np.digitize(g, multiotsu_thresholds(g, c), right=True).astype(np.int32)
+            name = f"multi-level Otsu start ({c} classes)"
+    elif isinstance(init, (bool, np.bool_)) or init is None:
+        raise ValueError(f"unknown init {init!r}: use 'otsu', a threshold in (0, 1), a mask or "
+                         "label image, Boxes or ClassBoxes")
+    elif isinstance(init, (int, float, np.integer, np.floating)):
+        eps = float(init)
+        if c != 2:
+            raise ValueError(f"unknown init {init!r} for {c} classes: a threshold is a two-class "
+                             "start; use 'otsu', a label image or ClassBoxes")
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"threshold init must be in (0, 1) (image is min-max normalised), "
+                             f"got {eps}")
+        labels = (_to_threshold(key, f, ndim, denoise) > eps).astype(np.int32)
+        name = f"initial mask (threshold {eps})"
+    else:
+        try:
+            labels = np.asarray(init)
+        except Exception:
+            raise ValueError(f"unknown init of type {type(init).__name__}") from None
+        if labels.ndim != ndim:
+            raise ValueError(f"unknown init: arrays must be masks or label images of the image's "
+                             f"spatial shape {tuple(spatial)}, got shape {labels.shape}")
+        name = "initial mask" if c == 2 else "initial label image"
+    labels = check_labels(labels, spatial, c, name)
+    onehot = labels[None] == np.arange(c).reshape((c,) + (1,) * ndim)
+    return Start(onehot.astype(np.float32), labels)
+
+
+def _to_threshold(key, f, ndim, denoise) -> np.ndarray:
+    """The image a threshold start looks at, min–max normalised to ``[0, 1]``."""
+    g = np.asarray(denoise(key, f)) if denoise is not None else f
+    if not np.all(np.isfinite(g)):
+        raise FloatingPointError("Noise2Fast denoising of the start produced non-finite values")
+    if g.ndim > ndim:
+        g = first_principal_component(g)
+    return (g - g.min()) / max(float(g.max() - g.min()), 1e-12)

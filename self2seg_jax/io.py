@@ -280,7 +280,8 @@ def _image_writer(path: Path, array) -> Callable[[str], None]:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, a)
+            rgb = a.ndim == 3 and a.shape[-1] in (3, 4)
+            tifffile.imwrite(tmp, a, photometric="rgb" if rgb else "minisblack")
         elif suffix == ".png":
             from PIL import Image
 

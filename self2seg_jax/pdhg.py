@@ -1,52 +1,51 @@
-r"""Primal–dual (Chambolle–Pock) solver for the Self2Seg mask sub-problem.
+r"""Primal–dual (Chambolle–Pock) solver for the mask step, for any number of classes.
 
-Solves, for a fixed pair of experts (paper §4.1, Algorithms 2 and 4),
-
-.. math::
-
-   \min_{u \in [0,1]^{h \times w}} \; \lambda\,TV(u) + \langle r, u\rangle
-        + \tfrac{\mu}{2}\|u - u_R\|^2, \qquad r = d_F - d_B,
-
-(eq. (5) up to the constant ``sum d_B``) as the saddle-point problem
-``min_u max_p <grad u, p> + G(u) - F*(p)`` with ``F* = indicator{|p_i| <= lam}``. One iteration:
+For fixed experts the mask step minimises, over an admissible set ``A`` (paper §4.1 and §6.1),
 
 .. math::
 
-   p^{n+1} &= P_{\lambda}(p^n + \sigma \nabla \bar u^n) \\
-   u^{n+1} &= P_{[0,1]}\big((u^n + \tau\,\mathrm{div}\,p^{n+1} - \tau r + \tau\mu u_R)
-              / (1 + \tau\mu)\big) \\
-   \theta &= 1/\sqrt{1 + 2\mu\tau},\; \tau \leftarrow \theta\tau,\; \sigma \leftarrow \sigma/\theta \\
+   \min_{u \in A} \; w\lambda \sum_k TV(u_k) + \langle r, u\rangle
+        + \tfrac{w\mu}{2}\|u - u_R\|^2 ,
+
+given by a :class:`Relaxation` — the one place where the class count enters:
+
+* :data:`BOX` (two classes): ``u`` is the foreground probability ``(*s)`` in ``[0, 1]``,
+  ``r = d_1 - d_0``, weight ``w = 1`` — eq. (5) up to the constant ``sum d_0`` (Alg. 2/4);
+* :data:`SIMPLEX` (``C`` classes): ``u`` is ``(C, *s)`` on the probability simplex at every
+  point, ``r = d``, ``w = 1/2`` (each interface appears in two classes' TV) — eq. (13).
+
+For two classes both give the same minimiser (``u_simplex = (1 - u_box, u_box)``); the box
+form is half the memory and has a cheaper projection, so it is the one used.
+
+Saddle-point form ``min_u max_p <grad u, p> + G(u) - F*(p)``, ``F* = indicator{|p| <= w lam}``;
+one iteration (``tau = sigma = 0.99 / ||grad||`` so that ``tau sigma ||grad||^2 < 1``):
+
+.. math::
+
+   p^{n+1} &= P_{w\lambda}\big((p^n + \sigma \nabla \bar u^n)
+              / (1 + \sigma\varepsilon/(w\lambda))\big) \\
+   u^{n+1} &= P_A\big((u^n + \tau(\mathrm{div}\,p^{n+1} + w\mu u_R - r)) / (1 + \tau w\mu)\big) \\
    \bar u^{n+1} &= u^{n+1} + \theta (u^{n+1} - u^n)
 
-With ``mu = 0`` this is Algorithm 2 (``theta = 1``); with ``mu > 0`` and ``accelerated=True`` it
-is the accelerated Algorithm 2 of Chambolle & Pock (2011) for the ``mu``-strongly convex ``G``
-(paper Alg. 4, with its typos corrected); with ``accelerated=False`` (default) the steps stay
-fixed (``theta = 1``), which on these problems reaches a given gap in far fewer iterations. Step sizes start at ``tau = sigma = 0.99 / sqrt(8)`` so that
-``tau * sigma * ||grad||^2 <= 0.98 < 1`` (``||grad||^2 <= 8``), the convergence condition.
-
-Optional Huber smoothing ``eps > 0`` replaces ``TV`` by ``sum h_eps(|grad u|)``
-(:func:`ops.huber_tv`), whose conjugate adds ``eps/(2 lam) |p|^2`` to the dual: the dual step
-becomes ``p = P_lam((p + sigma grad u_bar) / (1 + sigma eps / lam))``. This is used by the
-differentiable solver (:mod:`self2seg_jax.diff`); ``eps = 0`` (default) is the paper's problem.
-
-Stopping: the primal–dual gap
+with ``theta = 1`` or, ``accelerated``, ``theta = 1/sqrt(1 + 2 w mu tau)``, ``tau <- theta tau``,
+``sigma <- sigma / theta`` (Chambolle & Pock's Alg. 2 for the strongly convex ``G``; the paper's
+Alg. 4 with its typos corrected). ``eps > 0`` Huber-smooths TV (used by
+:mod:`self2seg_jax.diff`). Stopping: the primal–dual gap
 
 .. math::
 
-   \mathrm{gap}(u, p) = \lambda TV(u) + \langle r,u\rangle + \tfrac{\mu}{2}\|u-u_R\|^2
-      + G^*(\mathrm{div}\,p) \;\ge\; 0
+   \mathrm{gap} = P(u) + G^*(\mathrm{div}\,p) \ge 0, \quad
+   G^*(z) = \max_{v \in A} \langle z - r, v\rangle - \tfrac{w\mu}{2}\|v - u_R\|^2 ,
 
-is evaluated every ``check_every`` iterations; the loop stops when
-``gap <= tol * (sum|r| + lam * TV(u) + 1e-12)`` (a relative tolerance on the scale of the
-energy), when ``max_iter`` is reached, or when a non-finite value appears. The status code
-in the state says which.
-
-Shapes: ``r``, ``u``, ``u_ref`` are ``(h, w)``; the dual ``p`` is ``(2, h, w)``.
+every ``check_every`` iterations, relative to ``sum_x spread(r)(x) + w lam sum_k TV(u_k)``; the
+loop ends when it is below ``tol``, at ``max_iter`` or on a non-finite value (``status``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -56,168 +55,174 @@ from jax import lax
 from self2seg_jax import ops
 
 RUNNING, CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2, 3
-STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_ITER: "max_iter", NONFINITE: "nonfinite"}
-
-DEFAULT_STEP = 0.99 / math.sqrt(ops.GRAD_NORM_SQ_BOUND)
-
-
-class PDHGState(NamedTuple):
-    """Solver state (a pytree). ``it``/``status`` int32 scalars, the rest float32."""
-
-    u: jax.Array  # (h, w) primal
-    u_bar: jax.Array  # (h, w) extrapolated primal
-    p: jax.Array  # (2, h, w) dual
-    tau: jax.Array  # () primal step
-    sigma: jax.Array  # () dual step
-    it: jax.Array  # () iterations done
-    gap: jax.Array  # () last primal-dual gap, relative (see module docstring)
-    status: jax.Array  # () RUNNING / CONVERGED / MAX_ITER / NONFINITE
+STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", MAX_ITER: "max_iter",
+                NONFINITE: "nonfinite"}
 
 
-def pdhg_init(
-    r: jax.Array,
-    *,
-    u0: jax.Array | None = None,
-    p0: jax.Array | None = None,
-    tau: float = DEFAULT_STEP,
-    sigma: float = DEFAULT_STEP,
-) -> PDHGState:
-    """Initial state; ``u0`` defaults to ``1{r < 0}``, ``p0`` to zeros (warm start if given)."""
+@dataclasses.dataclass(frozen=True)
+class Relaxation:
+    """Admissible set of the relaxed mask and how class data enter it (static, hashable).
+
+    Attributes:
+      name: ``"box"`` or ``"simplex"``.
+      weight: ``w`` of the module docstring (TV and reference term).
+      project: Euclidean projection onto ``A``.
+      vertex: ``argmax_{v in A} <y, v>`` (a vertex of ``A``), for the dual value at ``mu = 0``.
+      linear_term: class data terms ``(C, *s)`` -> ``r``.
+      spread: ``r`` -> per-point ``max_i d_i - min_i d_i`` (scale of the gap).
+      probabilities: ``u`` -> ``(C, *s)`` class probabilities.
+      from_probabilities: inverse of ``probabilities``.
+    """
+
+    name: str
+    weight: float
+    project: Callable
+    vertex: Callable
+    linear_term: Callable
+    spread: Callable
+    probabilities: Callable
+    from_probabilities: Callable
+
+    def labels(self, u: jax.Array, threshold) -> jax.Array:
+        """Integer labels of a relaxed ``u``: ``u >= threshold`` (box, Theorem 4) or the most
+        probable class (simplex)."""
+        if self.name == "box":
+            return (u >= threshold).astype(jnp.int32)
+        return jnp.argmax(u, axis=0).astype(jnp.int32)
+
+
+BOX = Relaxation(
+    name="box", weight=1.0, project=ops.project_box,
+    vertex=lambda y: (y > 0).astype(y.dtype),
+    linear_term=lambda d: d[1] - d[0],
+    spread=jnp.abs,
+    probabilities=lambda u: jnp.stack([1.0 - u, u]),
+    from_probabilities=lambda p: p[1],
+)
+SIMPLEX = Relaxation(
+    name="simplex", weight=0.5, project=lambda v: ops.project_simplex(v, axis=0),
+    vertex=lambda y: jax.nn.one_hot(jnp.argmax(y, axis=0), y.shape[0], axis=0, dtype=y.dtype),
+    linear_term=lambda d: d,
+    spread=lambda r: jnp.max(r, axis=0) - jnp.min(r, axis=0),
+    probabilities=lambda u: u,
+    from_probabilities=lambda p: p,
+)
+
+
+def relaxation_for(num_classes: int) -> Relaxation:
+    """:data:`BOX` for two classes, :data:`SIMPLEX` otherwise."""
+    return BOX if num_classes == 2 else SIMPLEX
+
+
+class PDState(NamedTuple):
+    """Solver state (a pytree); ``it``/``status`` int32 scalars, the rest float."""
+
+    u: jax.Array  # primal, (*s) for BOX or (C, *s) for SIMPLEX
+    u_bar: jax.Array  # extrapolated primal
+    p: tuple  # dual field, ndim components shaped like u
+    tau: jax.Array
+    sigma: jax.Array
+    it: jax.Array
+    gap: jax.Array  # last relative primal-dual gap
+    status: jax.Array
+
+
+def step_size(ndim: int = 2, spacing=None) -> float:
+    """``0.99 / sqrt(||grad||^2 bound)``: ``tau = sigma`` with ``tau sigma ||grad||^2 < 1``."""
+    return 0.99 / math.sqrt(ops.grad_norm_sq_bound(ndim, spacing))
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """The static description of one mask-step problem (hashable)."""
+
+    relaxation: Relaxation = BOX
+    ndim: int = 2
+    spacing: tuple | None = None
+    isotropic: bool = True
+    accelerated: bool = False
+
+
+def init_state(r: jax.Array, prob: Problem, *, u0=None, p0=None) -> PDState:
+    """Initial state: ``u0`` (default: the pointwise minimiser, a vertex of ``A``), ``p0``
+    (default 0)."""
     dtype = r.dtype
-    u = (r < 0).astype(dtype) if u0 is None else jnp.asarray(u0, dtype)
-    p = jnp.zeros((2,) + r.shape, dtype) if p0 is None else jnp.asarray(p0, dtype)
-    return PDHGState(
-        u=u,
-        u_bar=u,
-        p=p,
-        tau=jnp.asarray(tau, dtype),
-        sigma=jnp.asarray(sigma, dtype),
-        it=jnp.asarray(0, jnp.int32),
-        gap=jnp.asarray(jnp.inf, dtype),
-        status=jnp.asarray(RUNNING, jnp.int32),
-    )
+    u = prob.relaxation.vertex(-r) if u0 is None else jnp.asarray(u0, dtype)
+    p = tuple(jnp.zeros_like(u) for _ in range(prob.ndim)) if p0 is None else tuple(p0)
+    step = jnp.asarray(step_size(prob.ndim, prob.spacing), dtype)
+    return PDState(u=u, u_bar=u, p=p, tau=step, sigma=step, it=jnp.asarray(0, jnp.int32),
+                   gap=jnp.asarray(jnp.inf, dtype), status=jnp.asarray(RUNNING, jnp.int32))
 
 
-def _u_ref(r, u_ref):
-    return jnp.zeros_like(r) if u_ref is None else u_ref
+def pd_step(s: PDState, r, lam, prob: Problem, *, mu=0.0, u_ref=None, eps=0.0) -> PDState:
+    """One Chambolle–Pock iteration (pure); formulas in the module docstring."""
+    w = prob.relaxation.weight
+    radius, mu_w = w * lam, w * mu
+    tau, sigma = s.tau, s.sigma
+    g = ops.grad(s.u_bar, prob.ndim, prob.spacing)
+    shrink = 1.0 / (1.0 + sigma * eps / radius)
+    p = ops.project_dual_ball(tuple((a + sigma * b) * shrink for a, b in zip(s.p, g)), radius,
+                              isotropic=prob.isotropic)
+    drift = -r if u_ref is None else mu_w * u_ref - r
+    v = (s.u + tau * (ops.div(p, prob.spacing) + drift)) / (1.0 + tau * mu_w)
+    u = prob.relaxation.project(v)
+    theta = lax.rsqrt(1.0 + 2.0 * mu_w * tau) if prob.accelerated else jnp.ones_like(tau)
+    return s._replace(u=u, u_bar=u + theta * (u - s.u), p=p, tau=theta * tau,
+                      sigma=sigma / theta, it=s.it + 1)
 
 
-def pdhg_step(
-    state: PDHGState,
-    r: jax.Array,
-    lam: jax.Array | float,
-    *,
-    mu: jax.Array | float = 0.0,
-    u_ref: jax.Array | None = None,
-    eps: jax.Array | float = 0.0,
-    isotropic: bool = True,
-    accelerated: bool = False,
-) -> PDHGState:
-    """One Chambolle–Pock iteration (pure). See the module docstring for the formulas.
-
-    ``accelerated`` applies the step-size update of Alg. 4 (only meaningful for ``mu > 0``).
-    """
-    tau, sigma = state.tau, state.sigma
-    # Component form (no (2, h, w) intermediates): ~8x faster on XLA:CPU, see ops.grad_components.
-    gy, gx = ops.grad_components(state.u_bar)
-    shrink = 1.0 / (1.0 + sigma * eps / lam)
-    qy = (state.p[..., 0, :, :] + sigma * gy) * shrink
-    qx = (state.p[..., 1, :, :] + sigma * gx) * shrink
-    py, px = ops.project_dual_ball_components(qy, qx, lam, isotropic=isotropic)
-    drift = -r if u_ref is None else mu * u_ref - r
-    u = ops.project_box((state.u + tau * (ops.div_components(py, px) + drift)) / (1.0 + tau * mu))
-    p = jnp.stack([py, px], axis=-3)
-    theta = lax.rsqrt(1.0 + 2.0 * mu * tau) if accelerated else jnp.ones_like(tau)
-    u_bar = u + theta * (u - state.u)
-    return state._replace(
-        u=u, u_bar=u_bar, p=p, tau=theta * tau, sigma=sigma / theta, it=state.it + 1
-    )
+def objective(u, r, lam, prob: Problem, *, mu=0.0, u_ref=None, eps=0.0) -> jax.Array:
+    """The primal objective ``P(u)`` of the module docstring."""
+    w = prob.relaxation.weight
+    tv_u = jnp.sum(ops.tv(u, prob.ndim, prob.spacing, isotropic=prob.isotropic, eps=eps))
+    e = w * lam * tv_u + jnp.sum(r * u)
+    if u_ref is not None:
+        e = e + 0.5 * w * mu * jnp.sum((u - u_ref) ** 2)
+    return e
 
 
-def primal_dual_gap(
-    u: jax.Array,
-    p: jax.Array,
-    r: jax.Array,
-    lam: jax.Array | float,
-    *,
-    mu: jax.Array | float = 0.0,
-    u_ref: jax.Array | None = None,
-    eps: jax.Array | float = 0.0,
-    isotropic: bool = True,
-) -> tuple[jax.Array, jax.Array]:
-    """Primal–dual gap ``P(u) - D(p) >= 0`` and the scale it is compared against.
-
-    ``P(u) = lam TV(u) + <r,u> + mu/2 ||u-u_R||^2`` and ``D(p) = -G*(div p)`` for ``p`` in the
-    ``lam``-ball, where ``G*(z) = sum_i max_{v in [0,1]} (z_i - r_i) v - mu/2 (v - u_R,i)^2``.
-    """
-    u_ref = _u_ref(r, u_ref)
-    tv_u = ops.huber_tv(u, eps, isotropic=isotropic)
-    primal = lam * tv_u + jnp.sum(r * u) + 0.5 * mu * jnp.sum((u - u_ref) ** 2)
-    z = ops.div(p) - r
-    safe_mu = jnp.where(mu > 0, mu, 1.0)
-    v = jnp.where(mu > 0, ops.project_box(u_ref + z / safe_mu), (z > 0).astype(z.dtype))
-    conj = jnp.sum(z * v - 0.5 * mu * (v - u_ref) ** 2) + 0.5 * eps / lam * jnp.sum(p * p)
-    gap = primal + conj
-    scale = jnp.sum(jnp.abs(r)) + lam * tv_u + 1e-12
-    return gap, scale
+def relative_gap(s: PDState, r, lam, prob: Problem, *, mu=0.0, u_ref=None, eps=0.0) -> jax.Array:
+    """Primal–dual gap of ``(s.u, s.p)`` divided by the scale of the module docstring."""
+    w = prob.relaxation.weight
+    u_ref = jnp.zeros_like(r) if u_ref is None else u_ref
+    mu_w = w * mu
+    tv_u = jnp.sum(ops.tv(s.u, prob.ndim, prob.spacing, isotropic=prob.isotropic, eps=eps))
+    primal = w * lam * tv_u + jnp.sum(r * s.u) + 0.5 * mu_w * jnp.sum((s.u - u_ref) ** 2)
+    z = ops.div(s.p, prob.spacing) - r
+    safe_mu = jnp.where(mu_w > 0, mu_w, 1.0)
+    v = jnp.where(mu_w > 0, prob.relaxation.project(u_ref + z / safe_mu), prob.relaxation.vertex(z))
+    conj = jnp.sum(z * v - 0.5 * mu_w * (v - u_ref) ** 2)
+    conj = conj + 0.5 * eps / (w * lam) * sum(jnp.sum(q * q) for q in s.p)
+    scale = jnp.sum(prob.relaxation.spread(r)) + w * lam * tv_u + 1e-12
+    return (primal + conj) / scale
 
 
-def pdhg_solve(
-    r: jax.Array,
-    lam: jax.Array | float,
-    *,
-    mu: jax.Array | float = 0.0,
-    u_ref: jax.Array | None = None,
-    u0: jax.Array | None = None,
-    p0: jax.Array | None = None,
-    tol: jax.Array | float = 1e-4,
-    max_iter: int = 3000,
-    check_every: int = 10,
-    isotropic: bool = True,
-    eps: jax.Array | float = 0.0,
-    accelerated: bool = False,
-) -> PDHGState:
+def solve(r: jax.Array, lam, prob: Problem = Problem(), *, mu=0.0, u_ref=None, u0=None, p0=None,
+          tol=1e-4, max_iter: int = 3000, check_every: int = 10, eps=0.0) -> PDState:
     """Run Chambolle–Pock in a ``lax.while_loop`` until the relative gap is below ``tol``.
 
-    Jit-compatible (``max_iter``, ``check_every`` and ``isotropic`` must be static; ``lam``,
-    ``mu``, ``tol`` may be traced). Warm-start with ``u0``/``p0`` from a previous solve.
+    Jit-compatible: ``prob``, ``max_iter``, ``check_every`` are static; ``lam``, ``mu``,
+    ``tol``, ``eps`` may be traced. Warm-start with ``u0``/``p0`` from a previous solve.
 
     Args:
-      r: ``(h, w)`` linear term ``d_F - d_B``.
+      r: linear term, ``(*s)`` (:data:`BOX`) or ``(C, *s)`` (:data:`SIMPLEX`); see
+        ``prob.relaxation.linear_term``.
       lam: TV weight (> 0).
-      mu, u_ref: optional reference-mask term ``mu/2 ||u - u_ref||^2`` (eq. (10)).
-      u0, p0: warm start ``(h, w)`` and ``(2, h, w)``.
+      prob: :class:`Problem` (relaxation, grid, TV kind, accelerated steps).
+      mu, u_ref: reference term (ignored when ``u_ref`` is None).
+      u0, p0: warm start (``p0`` a tuple of ``prob.ndim`` arrays shaped like ``u0``).
       tol: relative primal–dual gap tolerance.
       max_iter: iteration cap (rounded up to a multiple of ``check_every``).
-      check_every: iterations between gap evaluations.
-      eps: Huber smoothing of TV (0 = plain TV, the paper's problem).
-      accelerated: use Alg. 4's accelerated step sizes when ``mu > 0`` (static).
+      eps: Huber smoothing of TV (0 = the paper's problem).
 
     Returns:
-      Final :class:`PDHGState`; ``state.status`` is CONVERGED, MAX_ITER or NONFINITE.
+      Final :class:`PDState`; ``status`` is CONVERGED, MAX_ITER or NONFINITE.
     """
     r = jnp.asarray(r)
     dtype = r.dtype
-    lam = jnp.asarray(lam, dtype)
-    mu = jnp.asarray(mu, dtype)
-    eps = jnp.asarray(eps, dtype)
-    tol = jnp.asarray(tol, dtype)
-    state = pdhg_init(r, u0=u0, p0=p0)
-
-    def step(t):
-        return pdhg_step(t, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic, accelerated=accelerated)
-
-    def rel_gap(t):
-        gap, scale = primal_dual_gap(t.u, t.p, r, lam, mu=mu, u_ref=u_ref, eps=eps, isotropic=isotropic)
-        return gap / scale
-
-    return _checked_loop(step, rel_gap, state, tol, max_iter, check_every)
-
-
-def _checked_loop(step, rel_gap, state, tol, max_iter: int, check_every: int):
-    """``lax.while_loop`` of ``check_every`` steps (a ``fori_loop``) between evaluations of the
-    relative gap; sets ``state.gap`` and ``state.status`` (CONVERGED / MAX_ITER / NONFINITE)."""
+    lam, mu, tol, eps = (jnp.asarray(v, dtype) for v in (lam, mu, tol, eps))
     n_checks = max(1, -(-max_iter // check_every))
+    kw = dict(mu=mu, u_ref=u_ref, eps=eps)
 
     def cond(carry):
         s, k = carry
@@ -225,165 +230,13 @@ def _checked_loop(step, rel_gap, state, tol, max_iter: int, check_every: int):
 
     def body(carry):
         s, k = carry
-        s = lax.fori_loop(0, check_every, lambda _, t: step(t), s)
-        rel = rel_gap(s)
+        s = lax.fori_loop(0, check_every, lambda _, t: pd_step(t, r, lam, prob, **kw), s)
+        rel = relative_gap(s, r, lam, prob, **kw)
         finite = jnp.isfinite(rel) & jnp.all(jnp.isfinite(s.u))
-        status = jnp.where(
-            ~finite,
-            NONFINITE,
-            jnp.where(rel <= tol, CONVERGED, jnp.where(k + 1 >= n_checks, MAX_ITER, RUNNING)),
-        ).astype(jnp.int32)
+        status = jnp.select([~finite, rel <= tol, k + 1 >= n_checks],
+                            [NONFINITE, CONVERGED, MAX_ITER], RUNNING).astype(jnp.int32)
         return s._replace(gap=rel, status=status), k + 1
 
-    state, _ = lax.while_loop(cond, body, (state, jnp.asarray(0, jnp.int32)))
+    s0 = init_state(r, prob, u0=u0, p0=p0)
+    state, _ = lax.while_loop(cond, body, (s0, jnp.asarray(0, jnp.int32)))
     return state
-
-
-def pdhg_solve_python(
-    r, lam, *, mu=0.0, u_ref=None, u0=None, p0=None, tol=1e-4, max_iter=3000,
-    check_every=10, isotropic=True, accelerated=False,
-):
-    """Debug backend: the same steps driven from Python, with per-check history.
-
-    Returns ``(state, history)`` where history is a list of ``(it, rel_gap, energy)``.
-    Must agree with :func:`pdhg_solve` (tested).
-    """
-    r = jnp.asarray(r)
-    dtype = r.dtype
-    lam, mu = jnp.asarray(lam, dtype), jnp.asarray(mu, dtype)
-    step = jax.jit(
-        lambda s: pdhg_step(s, r, lam, mu=mu, u_ref=u_ref, isotropic=isotropic, accelerated=accelerated)
-    )
-    state = pdhg_init(r, u0=u0, p0=p0)
-    n_checks = max(1, -(-max_iter // check_every))
-    history = []
-    for k in range(n_checks):
-        for _ in range(check_every):
-            state = step(state)
-        gap, scale = primal_dual_gap(state.u, state.p, r, lam, mu=mu, u_ref=u_ref, isotropic=isotropic)
-        rel = float(gap / scale)
-        energy = float(lam * ops.tv(state.u, isotropic=isotropic) + jnp.sum(r * state.u))
-        history.append((int(state.it), rel, energy))
-        if not math.isfinite(rel):
-            return state._replace(gap=jnp.asarray(rel, dtype), status=jnp.asarray(NONFINITE, jnp.int32)), history
-        if rel <= float(tol):
-            return state._replace(gap=jnp.asarray(rel, dtype), status=jnp.asarray(CONVERGED, jnp.int32)), history
-    return state._replace(gap=jnp.asarray(rel, dtype), status=jnp.asarray(MAX_ITER, jnp.int32)), history
-
-
-# ----------------------------------------------------------------------------------------
-# Multi-class u-step: per-pixel simplex constraint, N-D grids (paper §6.1, eq. (13)).
-# ----------------------------------------------------------------------------------------
-
-
-class SimplexState(NamedTuple):
-    """State of :func:`simplex_solve` (a pytree)."""
-
-    u: jax.Array  # (C, *s) primal, on the simplex at every pixel
-    u_bar: jax.Array  # (C, *s)
-    p: tuple  # ndim arrays (C, *s): dual field, component form
-    it: jax.Array
-    gap: jax.Array
-    status: jax.Array
-
-
-def simplex_energy(u, d, lam, *, mu=0.0, u_ref=None, ndim=2, spacing=None, isotropic=True):
-    """``<d, u> + lam/2 sum_i TV(u_i) + mu/2 ||u - u_ref||^2`` for ``u, d`` of shape ``(C, *s)``.
-
-    Each interface between two classes appears in the TV of both, hence the ``1/2``: for
-    ``C = 2`` and ``u = (1 - v, v)`` this is the two-class energy ``lam TV(v) + <d_1 - d_0, v>``
-    (+ the constant ``sum d_0``).
-    """
-    e = jnp.sum(d * u) + 0.5 * lam * jnp.sum(ops.tv_nd(u, ndim, spacing, isotropic=isotropic))
-    if u_ref is not None:
-        e = e + 0.5 * mu * jnp.sum((u - u_ref) ** 2)
-    return e
-
-
-def _simplex_gap(s: SimplexState, d, lam, mu, u_ref, ndim, spacing, isotropic):
-    primal = simplex_energy(s.u, d, lam, mu=mu, u_ref=u_ref, ndim=ndim, spacing=spacing, isotropic=isotropic)
-    g = d - ops.div_nd(s.p, ndim, spacing)
-    safe_mu = jnp.where(mu > 0, mu, 1.0)
-    onehot = jax.nn.one_hot(jnp.argmin(g, axis=0), g.shape[0], axis=0, dtype=g.dtype)
-    v = jnp.where(mu > 0, ops.project_simplex(u_ref - g / safe_mu, axis=0), onehot)
-    dual = jnp.sum(g * v) + 0.5 * mu * jnp.sum((v - u_ref) ** 2)
-    tv_u = jnp.sum(ops.tv_nd(s.u, ndim, spacing, isotropic=isotropic))
-    scale = jnp.sum(jnp.max(d, axis=0) - jnp.min(d, axis=0)) + 0.5 * lam * tv_u + 1e-12
-    return (primal - dual) / scale
-
-
-def simplex_solve(
-    d: jax.Array,
-    lam: jax.Array | float,
-    *,
-    mu: jax.Array | float = 0.0,
-    u_ref: jax.Array | None = None,
-    u0: jax.Array | None = None,
-    p0=None,
-    tol: jax.Array | float = 1e-4,
-    max_iter: int = 3000,
-    check_every: int = 10,
-    ndim: int = 2,
-    spacing=None,
-    isotropic: bool = True,
-) -> SimplexState:
-    r"""Chambolle–Pock for the multi-class relaxation (paper eq. (13), u-step):
-
-    .. math::
-
-       \min_{u(x) \in \Delta_C} \sum_i \langle d_i, u_i\rangle
-           + \tfrac{\lambda}{2} \sum_i TV(u_i) + \tfrac{\mu}{2}\|u - u_R\|^2
-
-    TV choice: the **sum of per-class isotropic TVs** (Zach et al. 2008; Lellmann et al.), each
-    weighted ``lam/2`` so that every interface costs ``lam`` per unit length and ``C = 2``
-    reproduces the two-class problem exactly. (A vectorial TV couples the classes' gradients
-    and is tighter for three-class junctions, but has no per-class separable dual projection
-    and no such reduction; the summed form keeps one dual ball per class and pixel.)
-
-    Iteration: ``p_i <- P_{lam/2}(p_i + sigma grad u_bar_i)``;
-    ``u <- P_simplex((u + tau (div p - d + mu u_R)) / (1 + tau mu))``; ``u_bar = 2u - u_old``;
-    ``tau = sigma = 0.99 / ||grad||`` with ``||grad||^2 <= 4 sum_a 1/h_a^2``. Stops on the
-    relative primal–dual gap (dual: ``min_{v in simplex} <d - div p, v> + mu/2 ||v - u_R||^2``,
-    attained at the one-hot argmin for ``mu = 0`` and at a simplex projection otherwise),
-    checked every ``check_every`` iterations, divided by
-    ``sum_x (max_i d_i - min_i d_i) + lam/2 sum_i TV(u_i)``.
-
-    Args:
-      d: ``(C, *s)`` data terms (``len(s) == ndim``).
-      lam: TV weight (> 0); may be traced.
-      mu, u_ref: reference term (``u_ref`` ``(C, *s)``; ignored when None).
-      u0, p0: warm start (``u0`` on the simplex; ``p0`` a tuple of ``ndim`` ``(C, *s)``).
-      spacing: grid steps of the spatial axes (anisotropic voxels).
-    Returns:
-      :class:`SimplexState` with status CONVERGED, MAX_ITER or NONFINITE.
-    """
-    d = jnp.asarray(d)
-    dtype = d.dtype
-    c = d.shape[0]
-    lam = jnp.asarray(lam, dtype)
-    mu = jnp.asarray(mu, dtype)
-    tol = jnp.asarray(tol, dtype)
-    if u_ref is None:
-        u_ref = jnp.full_like(d, 1.0 / c)
-        mu = jnp.zeros((), dtype)
-    step = 0.99 / math.sqrt(ops.grad_norm_sq_bound(ndim, spacing))
-    tau = sigma = jnp.asarray(step, dtype)
-    u = jnp.full_like(d, 1.0 / c) if u0 is None else jnp.asarray(u0, dtype)
-    p = tuple(jnp.zeros_like(d) for _ in range(ndim)) if p0 is None else tuple(p0)
-    half = 0.5 * lam
-
-    def one(s: SimplexState):
-        g = ops.grad_nd(s.u_bar, ndim, spacing)
-        p = ops.project_dual_ball_nd(tuple(a + sigma * b for a, b in zip(s.p, g)), half, isotropic=isotropic)
-        v = (s.u + tau * (ops.div_nd(p, ndim, spacing) - d + mu * u_ref)) / (1.0 + tau * mu)
-        u = ops.project_simplex(v, axis=0)
-        return s._replace(u=u, u_bar=2.0 * u - s.u, p=p, it=s.it + 1)
-
-    s0 = SimplexState(
-        u=u, u_bar=u, p=p, it=jnp.asarray(0, jnp.int32), gap=jnp.asarray(jnp.inf, dtype),
-        status=jnp.asarray(RUNNING, jnp.int32),
-    )
-    return _checked_loop(
-        one, lambda t: _simplex_gap(t, d, lam, mu, u_ref, ndim, spacing, isotropic), s0, tol,
-        max_iter, check_every,
-    )

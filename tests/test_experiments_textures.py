@@ -11,9 +11,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from experiments import textures as tx
 
 from self2seg_jax import baselines, metrics
-from self2seg_jax.experiments import textures as tx
 
 pytest.importorskip("skimage", reason="the texture photographs come with scikit-image")
 
@@ -107,7 +107,7 @@ def test_load_texture_rejects_unknown_name():
 
 def test_boxes_and_toy_validation():
     b = tx.texture_boxes(256, 140)
-    (fy0, fx0, fy1, fx1), (by0, bx0, by1, bx1) = b.fg[0], b.bg[0]
+    (fy0, fx0, fy1, fx1), (_, bx0, _, bx1) = b.fg[0], b.bg[0]
     assert (fy1 - fy0, fx1 - fx0) == (50, 50) and fx1 <= 140 and bx0 >= 140 and bx1 <= 256
     with pytest.raises(ValueError, match="does not fit"):
         tx.texture_boxes(64, 35, box=40)

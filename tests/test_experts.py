@@ -1,4 +1,6 @@
-"""Expert denoisers and their region-restricted W-steps (constant, linear, Noise2Fast CNN)."""
+"""Expert denoisers and their region-restricted W-steps (constant, linear, Noise2Fast CNN),
+N-D / multi-channel experts, stacked experts (fit_group), whole-image Noise2Fast (denoise)
+and blind-spot predictions."""
 
 from __future__ import annotations
 
@@ -16,8 +18,19 @@ F32 = jnp.float32
 
 def _img(rng, shape=(24, 24)):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    clean = 0.5 + 0.3 * np.sin(2 * np.pi * xx / 6.0) * (yy < shape[0] // 2) + 0.1 * (yy >= shape[0] // 2)
+    clean = (
+        0.5
+        + 0.3 * np.sin(2 * np.pi * xx / 6.0) * (yy < shape[0] // 2)
+        + 0.1 * (yy >= shape[0] // 2)
+    )
     return np.clip(clean + 0.08 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+
+
+def test_train_config_is_static_and_has_no_kind():
+    cfg = experts.TrainConfig()
+    assert not hasattr(cfg, "kind")
+    hash(cfg)
+    assert experts.KINDS == ("n2f", "linear", "constant")
 
 
 # --------------------------------------------------------------------------------------
@@ -50,6 +63,26 @@ def test_fit_constant_ignores_zero_weight_pixels(rng):
     assert float(a) == pytest.approx(f[:3].mean(), rel=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 6, 7), (2, 4, 5, 6)], ids=["colour-2d", "channels-3d"])
+def test_fit_constant_per_channel(shape, rng):
+    f = jnp.asarray(rng.uniform(size=shape), F32)
+    w = jnp.asarray(rng.uniform(size=shape[1:]) > 0.5, F32)
+    params, den, _ = experts.fit_constant(f, w)
+    axes = tuple(range(1, len(shape)))
+    ref = (np.asarray(f) * np.asarray(w)).sum(axes) / np.asarray(w).sum()
+    assert params["c"].shape == (shape[0],)
+    np.testing.assert_allclose(np.asarray(params["c"]), ref, rtol=1e-5)
+    assert den.shape == f.shape
+    np.testing.assert_allclose(
+        np.asarray(den).reshape(shape[0], -1), ref[:, None] * np.ones((1, w.size)), rtol=1e-5
+    )
+    # apply() of the fitted params reproduces the output
+    cfg = experts.TrainConfig(channels=shape[0], ndim=len(shape) - 1)
+    np.testing.assert_array_equal(
+        np.asarray(experts.apply(params, f, "constant", cfg)), np.asarray(den)
+    )
+
+
 # --------------------------------------------------------------------------------------
 # linear (exact weighted least squares on the Noise2Fast pairs)
 # --------------------------------------------------------------------------------------
@@ -71,7 +104,9 @@ def _design(x, k):
 def _np_problem(f, w, k):
     """Stacked weighted design matrix / targets of the documented Noise2Fast loss."""
     As, bs, ws = [], [], []
-    for (x, y), (_, wt) in zip(ops.checkerboard_pairs(jnp.asarray(f)), ops.checkerboard_pairs(jnp.asarray(w))):
+    for (x, y), (_, wt) in zip(
+        ops.checkerboard_pairs(jnp.asarray(f)), ops.checkerboard_pairs(jnp.asarray(w)), strict=False
+    ):
         As.append(_design(np.asarray(x, np.float64), k))
         bs.append(np.asarray(y, np.float64).ravel())
         ws.append(np.asarray(wt, np.float64).ravel())
@@ -94,8 +129,9 @@ fit_linear = jax.jit(experts.fit_linear, static_argnames=("cfg",))
 def test_fit_linear_matches_numpy_lstsq(k, rng):
     f = _img(rng)
     w = (rng.random(f.shape) < 0.6).astype(np.float32)
-    cfg = experts.TrainConfig(kind="linear", linear_size=k)
-    params, den, _ = fit_linear(jnp.asarray(f), jnp.asarray(w), cfg=cfg)
+    cfg = experts.TrainConfig(linear_size=k)
+    params, den, steps = fit_linear(jnp.asarray(f), jnp.asarray(w), cfg=cfg)
+    assert int(steps) == 0
     A, b, wts = _np_problem(f, w, k)
     sw = np.sqrt(wts)
     theta, *_ = np.linalg.lstsq(A * sw[:, None], b * sw, rcond=None)
@@ -104,10 +140,17 @@ def test_fit_linear_matches_numpy_lstsq(k, rng):
     np.testing.assert_allclose(np.asarray(den), ref, atol=1e-3)
     # the returned output is the returned filter applied to f
     np.testing.assert_allclose(
-        np.asarray(den), _np_apply(f, np.asarray(params["kernel"]), float(params["bias"])), atol=1e-5
+        np.asarray(den),
+        _np_apply(f, np.asarray(params["kernel"]), float(params["bias"])),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        np.asarray(experts.apply(params, jnp.asarray(f), "linear", cfg)), np.asarray(den), atol=1e-6
     )
     # the loss it reaches is the least-squares optimum
-    th_lib = np.concatenate([np.asarray(params["kernel"], np.float64).ravel(), [float(params["bias"])]])
+    th_lib = np.concatenate(
+        [np.asarray(params["kernel"], np.float64).ravel(), [float(params["bias"])]]
+    )
     assert _np_loss(th_lib, A, b, wts) <= _np_loss(theta, A, b, wts) * (1 + 1e-4) + 1e-9
 
 
@@ -115,7 +158,9 @@ def test_fit_linear_is_exact_minimiser(rng):
     k = 5
     f = _img(rng)
     w = (rng.random(f.shape) < 0.5).astype(np.float32)
-    params, _, _ = fit_linear(jnp.asarray(f), jnp.asarray(w), cfg=experts.TrainConfig(kind="linear", linear_size=k))
+    params, _, _ = fit_linear(
+        jnp.asarray(f), jnp.asarray(w), cfg=experts.TrainConfig(linear_size=k)
+    )
     A, b, wts = _np_problem(f, w, k)
     th = np.concatenate([np.asarray(params["kernel"], np.float64).ravel(), [float(params["bias"])]])
     e0 = _np_loss(th, A, b, wts)
@@ -138,7 +183,7 @@ def test_fit_linear_uses_only_region_targets(rng):
     w[:, :8] = 1.0
     g = f.copy()
     g[:, 8 + 2 * (k // 2) + 2 :] = rng.random((16, 24 - 12))
-    cfg = experts.TrainConfig(kind="linear", linear_size=k)
+    cfg = experts.TrainConfig(linear_size=k)
     pa, _, _ = fit_linear(jnp.asarray(f), jnp.asarray(w), cfg=cfg)
     pb, _, _ = fit_linear(jnp.asarray(g), jnp.asarray(w), cfg=cfg)
     np.testing.assert_allclose(np.asarray(pa["kernel"]), np.asarray(pb["kernel"]), atol=1e-5)
@@ -151,26 +196,46 @@ def test_fit_linear_uses_only_region_targets(rng):
 
 
 def test_linear_init_is_identity(rng):
-    cfg = experts.TrainConfig(kind="linear", linear_size=5)
-    p = experts.init_params(jax.random.key(0), cfg)
+    cfg = experts.TrainConfig(linear_size=5)
+    p = experts.init_params(jax.random.key(0), "linear", cfg)
     f = jnp.asarray(rng.random((10, 12)), F32)
-    np.testing.assert_allclose(np.asarray(experts.apply_expert(p, f, cfg)), np.asarray(f), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(experts.apply(p, f, "linear", cfg)), np.asarray(f), atol=1e-6
+    )
 
 
-def test_unknown_kind_raises():
+def test_constant_init_shape():
+    assert (
+        experts.init_params(jax.random.key(0), "constant", experts.TrainConfig())["c"].shape == ()
+    )
+    p = experts.init_params(jax.random.key(0), "constant", experts.TrainConfig(channels=3))
+    assert p["c"].shape == (3,)
+
+
+def test_unknown_kind_raises(rng):
+    cfg = experts.TrainConfig()
+    f = jnp.asarray(rng.random((8, 8)), F32)
+    with pytest.raises(ValueError, match="unknown expert kind 'unet'"):
+        experts.init_params(jax.random.key(0), "unet", cfg)
     with pytest.raises(ValueError, match="unknown expert kind"):
-        experts.init_params(jax.random.key(0), experts.TrainConfig(kind="unet"))
+        experts.apply({}, f, "bm3d", cfg)
+    with pytest.raises(ValueError, match="unknown expert kind"):
+        experts.fit(None, f, jnp.ones_like(f), 1e-3, "median", cfg)
 
 
-def test_fit_expert_dispatch(rng):
+def test_fit_dispatch(rng):
     f = jnp.asarray(rng.random((12, 12)), F32)
     w = jnp.asarray((rng.random((12, 12)) < 0.5), F32)
-    fit = jax.jit(lambda f, w, cfg: experts.fit_expert(None, f, w, 1e-3, cfg), static_argnums=2)
-    p, den, _ = fit(f, w, experts.TrainConfig(kind="constant"))
+    fit = jax.jit(
+        lambda f, w, kind, cfg: experts.fit(None, f, w, 1e-3, kind, cfg), static_argnums=(2, 3)
+    )
+    p, den, _ = fit(f, w, "constant", experts.TrainConfig())
     assert float(p["c"]) == pytest.approx(float(jnp.sum(w * f) / jnp.sum(w)), rel=1e-5)
     np.testing.assert_allclose(np.asarray(den), float(p["c"]), rtol=1e-6)
-    with pytest.raises(ValueError, match="unknown expert kind"):
-        experts.fit_expert(None, f, w, 1e-3, experts.TrainConfig(kind="median"))
+    cfg = experts.TrainConfig(linear_size=3)
+    pl, dl, _ = fit(f, w, "linear", cfg)
+    pr, dr, _ = fit_linear(f, w, cfg=cfg)
+    np.testing.assert_allclose(np.asarray(dl), np.asarray(dr), atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------
@@ -178,18 +243,24 @@ def test_fit_expert_dispatch(rng):
 # --------------------------------------------------------------------------------------
 
 N2F_CFG = experts.TrainConfig(
-    kind="n2f", width=8, depth=2, max_steps=40, min_steps=20, patience=20, val_every=10, n_average=2,
+    width=8,
+    depth=2,
+    max_steps=40,
+    min_steps=20,
+    patience=20,
+    val_every=10,
+    n_average=2,
     conv_impl="loopsafe",
 )
 fit_n2f = jax.jit(experts.fit_n2f, static_argnames=("cfg",))
 
 
 def _masked_n2f_loss(params, f, w, cfg):
-    """The documented training loss: mean over the 4 checkerboard pairs of the target-weighted MSE."""
-    net = experts.make_net(cfg)
+    """The documented training loss: mean over the 4 checkerboard pairs of the target-weighted
+    MSE."""
     total = 0.0
-    for (x, y), (_, wt) in zip(ops.checkerboard_pairs(f), ops.checkerboard_pairs(w)):
-        pred = net.apply({"params": params}, x)
+    for (x, y), (_, wt) in zip(ops.checkerboard_pairs(f), ops.checkerboard_pairs(w), strict=True):
+        pred = experts.apply(params, x, "n2f", cfg)
         total += jnp.sum(wt * (pred - y) ** 2) / jnp.sum(wt)
     return total / 4
 
@@ -202,7 +273,7 @@ def n2f_problem():
     rng = np.random.default_rng(3)
     f = jnp.asarray(_img(rng, (16, 16)))
     w = jnp.asarray((rng.random((16, 16)) < 0.6).astype(np.float32))
-    p0 = jax.jit(experts.init_params, static_argnames="cfg")(jax.random.key(1), cfg=N2F_CFG)
+    p0 = experts.init_params(jax.random.key(1), "n2f", N2F_CFG)
     return f, w, p0
 
 
@@ -213,10 +284,16 @@ def test_fit_n2f_lax_and_loopsafe_agree(n2f_problem):
     pb, db, sb = fit_n2f(p0, f, w, lr, cfg=N2F_CFG)
     assert int(sa) == int(sb)
     np.testing.assert_allclose(np.asarray(da), np.asarray(db), atol=1e-3)
-    for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)
     # training actually moved the parameters
-    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(pb), jax.tree.leaves(p0))) > 1e-3
+    assert (
+        max(
+            float(jnp.abs(a - b).max())
+            for a, b in zip(jax.tree.leaves(pb), jax.tree.leaves(p0), strict=True)
+        )
+        > 1e-3
+    )
 
 
 def test_fit_n2f_decreases_masked_loss_and_schedule(n2f_problem):
@@ -236,7 +313,7 @@ def test_fit_n2f_is_deterministic(n2f_problem):
     f, w, p0 = n2f_problem
     a = fit_n2f(p0, f, w, jnp.float32(1e-2), cfg=N2F_CFG)
     b = fit_n2f(p0, f, w, jnp.float32(1e-2), cfg=N2F_CFG)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -245,15 +322,177 @@ def test_fit_n2f_empty_region_is_finite_and_static(n2f_problem):
     f, _, p0 = n2f_problem
     params, den, _ = fit_n2f(p0, f, jnp.zeros_like(f), jnp.float32(1e-2), cfg=N2F_CFG)
     assert np.all(np.isfinite(np.asarray(den)))
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p0)):
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p0), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_n2f_net_shapes(n2f_problem):
     f, _, p0 = n2f_problem
-    apply = jax.jit(experts.apply_expert, static_argnames="cfg")
-    out = apply(p0, jnp.stack([f, f[::-1]]), cfg=N2F_CFG)
+    apply = jax.jit(experts.apply, static_argnames=("kind", "cfg"))
+    out = apply(p0, jnp.stack([f, f[::-1]]), kind="n2f", cfg=N2F_CFG)
     assert out.shape == (2, 16, 16)
-    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(apply(p0, f, cfg=N2F_CFG)), atol=1e-6)
-    out1 = apply(p0, f[:, :8], cfg=N2F_CFG)
+    np.testing.assert_allclose(
+        np.asarray(out[0]), np.asarray(apply(p0, f, kind="n2f", cfg=N2F_CFG)), atol=1e-6
+    )
+    out1 = apply(p0, f[:, :8], kind="n2f", cfg=N2F_CFG)
     assert out1.shape == (16, 8)
+
+
+@pytest.mark.parametrize("ndim,channels", [(2, 3), (3, 2)])
+def test_n2f_expert_nd_channels_shapes_and_training_reduces_loss(ndim, channels, rng):
+    cfg = experts.TrainConfig(
+        width=4,
+        depth=1,
+        max_steps=12,
+        min_steps=12,
+        patience=12,
+        val_every=6,
+        n_average=2,
+        ndim=ndim,
+        channels=channels,
+    )
+    spatial = (8,) * ndim
+    shape = ((channels,) if channels else ()) + spatial
+    f = jnp.asarray(rng.uniform(size=shape), F32)
+    p0 = experts.init_params(jax.random.key(0), "n2f", cfg)
+    out = experts.apply(p0, f, "n2f", cfg)
+    assert out.shape == shape
+    # leading batch axes are carried along
+    assert experts.apply(p0, jnp.stack([f, f]), "n2f", cfg).shape == (2,) + shape
+    w = jnp.ones(spatial, F32)
+    _, den, steps = fit_n2f(p0, f, w, 1e-2, cfg=cfg)
+    assert den.shape == shape and int(steps) == 12
+    assert float(jnp.mean((den - f) ** 2)) < float(jnp.mean((out - f) ** 2))
+
+
+# --------------------------------------------------------------------------------------
+# stacked experts of one kind
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", ["map", "vmap"])
+def test_fit_group_constant_and_linear_equal_separate_fits(batch, rng):
+    f = jnp.asarray(_img(rng, (16, 16)))
+    w = jnp.asarray(
+        np.stack([(rng.random((16, 16)) < p) for p in (0.3, 0.6, 0.9)]).astype(np.float32)
+    )
+    cfg = experts.TrainConfig(linear_size=3)
+    for kind in ("constant", "linear"):
+        p0 = jax.vmap(lambda k, kind=kind: experts.init_params(k, kind, cfg))(
+            jax.random.split(jax.random.key(0), 3)
+        )
+        ps, outs, steps = jax.jit(
+            experts.fit_group, static_argnums=(4, 5), static_argnames="batch"
+        )(p0, f, w, 1e-3, kind, cfg, batch=batch)
+        assert outs.shape == (3, 16, 16) and steps.shape == (3,)
+        fit = jax.jit(experts.fit, static_argnums=(4, 5))
+        for i in range(3):
+            pi, oi, _ = fit(None, f, w[i], 1e-3, kind, cfg)
+            np.testing.assert_allclose(np.asarray(outs[i]), np.asarray(oi), rtol=1e-5, atol=1e-5)
+            for a, b in zip(jax.tree.leaves(ps), jax.tree.leaves(pi), strict=True):
+                np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+TINY_CFG = experts.TrainConfig(
+    width=4, depth=1, max_steps=6, min_steps=6, patience=6, val_every=3, n_average=2
+)
+
+
+def test_fit_group_of_one_keeps_the_leading_axis(rng):
+    f = jnp.asarray(_img(rng, (12, 12)))
+    w = jnp.asarray((rng.random((1, 12, 12)) < 0.5).astype(np.float32))
+    p0 = {"c": jnp.zeros((1,), F32)}
+    for batch in ("map", "vmap"):
+        ps, outs, steps = experts.fit_group(
+            p0, f, w, 1e-3, "constant", experts.TrainConfig(), batch=batch
+        )
+        assert ps["c"].shape == (1,) and outs.shape == (1, 12, 12) and steps.shape == (1,)
+        assert float(ps["c"][0]) == pytest.approx(
+            float(jnp.sum(w[0] * f) / jnp.sum(w[0])), rel=1e-5
+        )
+
+
+# --------------------------------------------------------------------------------------
+# whole-image Noise2Fast
+# --------------------------------------------------------------------------------------
+
+
+def test_denoise_is_n2f_on_the_whole_image(n2f_problem):
+    f, _, _ = n2f_problem
+    key = jax.random.key(4)
+    out = experts.denoise(key, f, 1e-2, TINY_CFG)
+    assert out.shape == f.shape and np.all(np.isfinite(np.asarray(out)))
+    p0 = experts.init_params(key, "n2f", TINY_CFG)
+    ref = fit_n2f(p0, f, jnp.ones_like(f), jnp.float32(1e-2), cfg=TINY_CFG)[1]
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(experts.denoise(key, np.asarray(f), 1e-2, TINY_CFG)), np.asarray(out)
+    )
+    assert not np.array_equal(
+        np.asarray(experts.denoise(jax.random.key(5), f, 1e-2, TINY_CFG)), np.asarray(out)
+    )
+
+
+def test_denoise_colour_image_keeps_its_shape(rng):
+    cfg = experts.TrainConfig(
+        width=4, depth=1, max_steps=6, min_steps=6, patience=6, val_every=3, n_average=2, channels=3
+    )
+    f = jnp.asarray(rng.uniform(size=(3, 8, 10)), F32)
+    out = experts.denoise(jax.random.key(0), f, 1e-2, cfg)
+    assert out.shape == (3, 8, 10) and np.all(np.isfinite(np.asarray(out)))
+
+
+# --------------------------------------------------------------------------------------
+# blind-spot predictions
+# --------------------------------------------------------------------------------------
+
+
+def test_blind_spot_residual_is_true_error_plus_noise_variance():
+    """Noise2Self: for a J-invariant prediction g, E (f - g)^2 = E (clean - g)^2 + sigma^2;
+    the full-image output of the same linear expert underestimates its error by its noise
+    pass-through (2 k_centre sigma^2)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256] / 256.0
+    clean = (0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32)
+    sigma = 0.1
+    f = jnp.asarray(clean + sigma * rng.normal(size=clean.shape).astype(np.float32))
+    k = 5
+    kernel = rng.uniform(0, 1, size=(k, k)).astype(np.float32)
+    kernel[k // 2, k // 2] = 3.0
+    kernel /= kernel.sum()
+    cfg = experts.TrainConfig(linear_size=k)
+    params = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(0.0)}
+    full = experts.apply(params, f, "linear", cfg)
+    bs = experts.blind_spot_output(params, f, "linear", cfg, full)
+    assert bs.shape == f.shape
+    c = jnp.asarray(clean)
+    sl = (slice(8, -8), slice(8, -8))  # away from the boundary padding
+    gap_bs = float(jnp.mean((f - bs)[sl] ** 2) - jnp.mean((c - bs)[sl] ** 2))
+    gap_full = float(jnp.mean((f - full)[sl] ** 2) - jnp.mean((c - full)[sl] ** 2))
+    assert gap_bs == pytest.approx(sigma**2, rel=0.05)
+    assert gap_full == pytest.approx(sigma**2 * (1 - 2 * kernel[k // 2, k // 2]), rel=0.1)
+    # a constant expert is already blind: its output is returned as is
+    den = jnp.full_like(f, 0.5)
+    assert experts.blind_spot_output({"c": jnp.asarray(0.5)}, f, "constant", cfg, den) is den
+
+
+def test_blind_spot_output_never_sees_its_own_pixel(rng):
+    """The blind-spot prediction of a (linear) expert at a pixel does not depend on that pixel
+    (odd sizes: the cropped border is copied from ``den``)."""
+    cfg = experts.TrainConfig(linear_size=3)
+    params = {
+        "kernel": jnp.asarray(rng.uniform(0.1, 1.0, size=(3, 3)), F32),
+        "bias": jnp.asarray(0.1),
+    }
+    for shape in ((8, 10), (9, 11)):
+        f = jnp.asarray(rng.uniform(size=shape), F32)
+        den = jnp.zeros_like(f)
+        jac = jax.jit(
+            jax.jacfwd(lambda z, den=den: experts.blind_spot_output(params, z, "linear", cfg, den))
+        )(f)
+        jac = np.asarray(jac).reshape(f.size, f.size)
+        assert np.all(np.diag(jac) == 0.0)
+        crop = np.zeros(shape, bool)
+        crop[: shape[0] // 2 * 2, : shape[1] // 2 * 2] = True
+        assert np.all(np.abs(jac).sum(1)[crop.ravel()] > 0.1)  # ...but depends on other pixels
+        assert np.all(jac[~crop.ravel()] == 0.0)  # the cropped border is den's

@@ -75,28 +75,28 @@ def cases():
     box3 = s2s.ClassBoxes([[(0, 30, 12, 48)], [(9, 9, 20, 20)], [(28, 28, 39, 39)]])
     k = jax.random.key
     out = {
-        "cnn2": lambda: s2s.segment(k(0), blob(0), config=cfg2),
-        "cnn2_key1": lambda: s2s.segment(k(1), blob(0), config=cfg2),
-        "default_n2f_start": lambda: s2s.segment(k(0), blob(1, 32, 0.15), config=dflt),
-        "filtered": lambda: s2s.segment(k(0), blob(2, 32, 0.2), config=dflt.replace(data_filter=3, lam=0.005)),
-        "reinit": lambda: s2s.segment(k(2), blob(0), config=cfg2.replace(warm_start=False)),
-        "constant": lambda: s2s.segment(k(0), blob(3, 24, 0.25), config=const),
-        "chan_vese": lambda: s2s.chan_vese(blob(4, 24, 0.25), lam=0.05, return_result=True),
-        "linear_boxes": lambda: s2s.segment(k(0), stripes, init=boxes_stripes, config=lin),
-        "cnn_boxes": lambda: s2s.segment(k(0), blob(5), init=boxes_blob, config=cfg2),
-        "blind_spot": lambda: s2s.segment(k(0), blob(6), config=cfg2.replace(data_term="blind_spot")),
-        "three_class_boxes": lambda: s2s.segment(
+        "cnn2": lambda ov={}: s2s.segment(k(0), blob(0), config=cfg2.replace(**ov)),
+        "cnn2_key1": lambda ov={}: s2s.segment(k(1), blob(0), config=cfg2.replace(**ov)),
+        "default_n2f_start": lambda ov={}: s2s.segment(k(0), blob(1, 32, 0.15), config=dflt.replace(**ov)),
+        "filtered": lambda ov={}: s2s.segment(k(0), blob(2, 32, 0.2), config=dflt.replace(data_filter=3, lam=0.005).replace(**ov)),
+        "reinit": lambda ov={}: s2s.segment(k(2), blob(0), config=cfg2.replace(warm_start=False).replace(**ov)),
+        "constant": lambda ov={}: s2s.segment(k(0), blob(3, 24, 0.25), config=const.replace(**ov)),
+        "chan_vese": lambda ov={}: s2s.chan_vese(blob(4, 24, 0.25), lam=0.05, return_result=True),
+        "linear_boxes": lambda ov={}: s2s.segment(k(0), stripes, init=boxes_stripes, config=lin.replace(**ov)),
+        "cnn_boxes": lambda ov={}: s2s.segment(k(0), blob(5), init=boxes_blob, config=cfg2.replace(**ov)),
+        "blind_spot": lambda ov={}: s2s.segment(k(0), blob(6), config=cfg2.replace(data_term="blind_spot").replace(**ov)),
+        "three_class_boxes": lambda ov={}: s2s.segment(
             k(0), three_class(), num_classes=3, init=box3, config=dflt.replace(lam=0.03, init_denoise=False),
             class_experts=("constant", "n2f", "constant")),
-        "three_class_otsu_const": lambda: s2s.segment(
+        "three_class_otsu_const": lambda ov={}: s2s.segment(
             k(1), three_class(1), num_classes=3,
-            config=const.replace(max_outer=5, mu=0.01)),
-        "colour": lambda: s2s.segment(k(0), colour(), channel_axis=-1, config=cfg2),
-        "volume": lambda: s2s.segment(k(0), volume(), volume=True, spacing=(2.0, 1.0, 1.0),
-                                      config=dflt.replace(init_denoise=False)),
+            config=const.replace(max_outer=5, mu=0.01).replace(**ov)),
+        "colour": lambda ov={}: s2s.segment(k(0), colour(), channel_axis=-1, config=cfg2.replace(**ov)),
+        "volume": lambda ov={}: s2s.segment(k(0), volume(), volume=True, spacing=(2.0, 1.0, 1.0),
+                                      config=dflt.replace(init_denoise=False).replace(**ov)),
     }
     for lam in (0.01, 0.03, 0.1):
-        out[f"sweep_lam{lam}"] = (lambda lam=lam: s2s.segment(k(4), blob(7), config=cfg2.replace(lam=lam)))
+        out[f"sweep_lam{lam}"] = (lambda ov={}, lam=lam: s2s.segment(k(4), blob(7), config=cfg2.replace(lam=lam, **ov)))
     return out
 
 
@@ -120,12 +120,13 @@ def relaxed_mask_grads():
     return out
 
 
-def record(names=None) -> dict:
+def record(names=None, overrides=None) -> dict:
+    """Run the cases (all, or ``names``), with optional config ``overrides[name]``."""
     out = {}
     for name, fn in cases().items():
         if names and name not in names:
             continue
-        r = fn()
+        r = fn((overrides or {}).get(name, {}))
         out[f"{name}/labels"] = np.asarray(r.labels if r.labels is not None else r.mask, np.uint8)
         out[f"{name}/energies"] = np.asarray(r.energies, np.float64)
         out[f"{name}/num_outer"] = np.asarray(r.num_outer)

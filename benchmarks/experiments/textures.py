@@ -452,14 +452,13 @@ def run_texture_experiment(
     cfg = texture_config() if config is None else config
     if not isinstance(cfg, Self2SegConfig):
         raise ValueError(f"config must be a Self2SegConfig, got {type(cfg).__name__}")
-    cfg.validate()
     size = img.noisy.shape[0]
     if boxes is None:
         boxes = texture_boxes(size, img.split)
     if not isinstance(boxes, Boxes):
         raise ValueError(f"boxes must be self2seg_jax.Boxes, got {type(boxes).__name__}")
     cv_lam = cfg.lam if cv_lam is None else float(cv_lam)
-    k_s2s, k_n2f = jax.random.split(api._check_key(key))
+    k_s2s, k_n2f = jax.random.split(api.check_key(key))
     gt, clean = img.gt, img.clean
     data_range = float(clean.max() - clean.min())
 
@@ -680,8 +679,7 @@ def run_stripes_toy(
     cfg = toy_config() if config is None else config
     if not isinstance(cfg, Self2SegConfig):
         raise ValueError(f"config must be a Self2SegConfig, got {type(cfg).__name__}")
-    cfg.validate()
-    key = jax.random.key(0) if key is None else api._check_key(key)
+    key = jax.random.key(0) if key is None else api.check_key(key)
     gt = np.asarray(toy.gt, bool)
     first, fg_better, fm = first_step(key, toy.noisy, toy.boxes, cfg, gt)
     t = time.perf_counter()

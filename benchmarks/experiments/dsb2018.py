@@ -6,7 +6,8 @@ Data: the 16 non-overlapping 128x128 patches of the bundled DSB2018 sample
 * ``convention="std255"`` (default): standard deviation ``level`` on the image's 0..255
   intensity scale (DenoiSeg's DSB2018_n10/n20 convention);
 * ``convention="max"``: ``level / 100 * max(clean patch)`` (the authors' code for its other
-  images). The paper does not define the DSB2018 noise numerically (PAPER_NOTES §7.1).
+  images). The paper does not define the DSB2018 noise level numerically (its §5 only names
+  the levels 10, 30, 50).
 
 Methods (``lam`` = TV weight on the min–max normalised image):
 
@@ -16,7 +17,8 @@ Methods (``lam`` = TV weight on the min–max normalised image):
 * ``self2seg`` — the paper's configuration per noise level (:func:`paper_config`): one
   Noise2Fast foreground expert and a constant background at every level, with mean-filtered
   data terms at noise 30/50;
-* ``self2seg_n2fbg`` — the other reading of the paper's §5 (PAPER_NOTES §4.4, §7.10): a second
+* ``self2seg_n2fbg`` — the other reading of the paper's §5 (Example 1 and the DSB2018 text leave
+  open whether the background gets its own expert at noise 30/50): a second
   Noise2Fast expert for the background at noise 30/50 (filtered data terms as above);
 * ``self2seg_bs`` — ``self2seg_n2fbg`` (two Noise2Fast experts) with the blind-spot data term
   (``data_term="blind_spot"``, not in the paper): the experts' residuals are taken from
@@ -45,7 +47,7 @@ of the same noise level), both computed from the same sweep; plus the fixed libr
 
 Sweeps are batched in compiled code — one call per method and noise level for Chan–Vese
 (all patches x lambdas), one per patch for Self2Seg
-(:func:`self2seg_jax.alternating.run_scheme_sweep`: first W-step shared by all lambdas) — with
+(:func:`self2seg_jax.alternating.run_sweep`: first W-step shared by all lambdas) — with
 ``vmap`` on GPU/TPU or ``lax.map`` on CPU (``batch``): a vmapped while-loop runs every member
 until the slowest has converged, which a CPU pays in full.
 """
@@ -61,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from self2seg_jax import alternating, api, baselines, data, metrics
+from self2seg_jax import alternating, api, baselines, data, experts, metrics
 from self2seg_jax.config import Self2SegConfig
 from self2seg_jax.initialisation import otsu_threshold
 
@@ -119,7 +121,7 @@ def noisy_patches(
 
 
 def paper_config(level: float, base: Self2SegConfig | None = None) -> Self2SegConfig:
-    """The paper's DSB2018 configuration for a noise level (§5, PAPER_NOTES §4.4, §7.10).
+    """The paper's DSB2018 configuration for a noise level (arXiv 2309.10511v2, §5 and Example 1).
 
     One Noise2Fast foreground expert and a constant background (``B = mean of f`` over the
     background) at every level; at noise above 10 the data terms are 3x3 mean-filtered
@@ -169,10 +171,9 @@ def shared_start(key: jax.Array, noisy: np.ndarray, config: Self2SegConfig):
     normalised Noise2Fast output (bool ``(h, w)``) and that output in the input's scale.
     Uses ``key`` as :func:`segment` does (first half of ``jax.random.split(key)``).
     """
-    a = api.validate_image(noisy)
-    f, lo, hi = api.normalise(a)
-    k_init, _ = jax.random.split(api._check_key(key))
-    den = api.n2f_denoise_normalised(k_init, f, config)
+    f, lo, hi = api.normalise(api.validate_image(noisy)[0])
+    k_init, _ = jax.random.split(api.check_key(key))
+    den = np.asarray(experts.denoise(k_init, f, config.learning_rate, config.spec().train))
     g = (den - den.min()) / max(float(den.max() - den.min()), 1e-12)
     mask = g > otsu_threshold(g)
     return f, mask, (den * (hi - lo) + lo).astype(np.float32)
@@ -184,8 +185,8 @@ def _stacked_hyper(config: Self2SegConfig, lams) -> alternating.Hyper:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, lams.shape), h)._replace(lam=lams)
 
 
-@functools.partial(jax.jit, static_argnames=("st", "batch"))
-def _cv_batch(f, m0, lams, hyper, st, batch):
+@functools.partial(jax.jit, static_argnames=("spec", "batch"))
+def _cv_batch(f, m0, lams, hyper, spec, batch):
     """Chan–Vese for every (image, lambda) pair: ``f, m0`` ``(n, h, w)``, ``lams`` ``(L,)``."""
     n, nl = f.shape[0], lams.shape[0]
     fi = jnp.repeat(f, nl, axis=0)
@@ -194,9 +195,8 @@ def _cv_batch(f, m0, lams, hyper, st, batch):
 
     def one(args):
         a, m, lam = args
-        return alternating.run_scheme(
-            jax.random.key(0), a, m, 1.0 - m, m, hyper._replace(lam=lam), st=st
-        ).mask
+        return alternating.run(jax.random.key(0), a, jnp.stack([1.0 - m, m]), m.astype(jnp.int32),
+                               hyper._replace(lam=lam), spec=spec).labels
 
     out = jax.vmap(one)((fi, mi, li)) if batch == "vmap" else lax.map(one, (fi, mi, li))
     return out.reshape((n, nl) + f.shape[1:])
@@ -221,14 +221,14 @@ def chan_vese_sweep(
     Returns:
       bool ``(n, L, h, w)`` masks.
     """
-    imgs = [api.normalise(api.validate_image(im))[0] for im in images]
+    imgs = [api.normalise(api.validate_image(im)[0])[0] for im in images]
     if init_masks is None:
         init_masks = [im > otsu_threshold(im) for im in imgs]
     m0 = np.stack([np.asarray(m, np.float32) for m in init_masks])
     cfg = baselines.chan_vese_config(float(lams[0]), max_outer=max_outer, mask_tol=mask_tol)
     out = _cv_batch(
         jnp.asarray(np.stack(imgs)), jnp.asarray(m0), jnp.asarray(lams, jnp.float32), cfg.hyper(),
-        st=cfg.static(), batch=batch or default_batch(),
+        spec=cfg.spec(), batch=batch or default_batch(),
     )
     return np.asarray(out) > 0.5
 
@@ -259,18 +259,18 @@ def self2seg_sweep(
       composite on the normalised scale, ``num_outer``, ``status`` ``(L,)`` int,
       ``train_steps`` ``(L,)`` total Adam steps.
     """
-    config.validate()
-    _, k_run = jax.random.split(api._check_key(key))
+    _, k_run = jax.random.split(api.check_key(key))
     m0 = jnp.asarray(init_mask, jnp.float32)
-    s = alternating.run_scheme_sweep(
-        k_run, jnp.asarray(f, jnp.float32), m0, 1.0 - m0, m0, _stacked_hyper(config, lams),
-        st=config.static(), batch=batch or default_batch(),
+    spec = config.spec()
+    s = alternating.run_sweep(
+        k_run, jnp.asarray(f, jnp.float32), jnp.stack([1.0 - m0, m0]), m0.astype(jnp.int32),
+        _stacked_hyper(config, lams), spec=spec, batch=batch or default_batch(),
     )
+    den = jax.vmap(lambda t: alternating.composite(alternating.probabilities(t, spec), t.den))(s)
     s = jax.device_get(s)
-    den = np.asarray(jax.vmap(alternating.composite)(s.u, s.den))
     return {
-        "mask": np.asarray(s.mask) > 0.5,
-        "denoised": den.astype(np.float32),
+        "mask": np.asarray(s.labels) > 0,
+        "denoised": np.asarray(den, np.float32),
         "num_outer": np.asarray(s.it),
         "status": np.asarray(s.status),
         "train_steps": np.asarray(s.train_steps).sum(axis=(1, 2)),
@@ -378,7 +378,7 @@ def run_level(
     def start_of(method, p):
         """``(f, m0, row fields)`` of a Self2Seg method's start on patch ``p``."""
         if method == "self2seg_cvstart":  # Chan–Vese's start: Otsu of the noisy patch
-            f = api.normalise(api.validate_image(p.noisy))[0]
+            f = api.normalise(api.validate_image(p.noisy)[0])[0]
             m0 = f > otsu_threshold(f)
             return f, m0, {"start_seconds": 0.0, "init_dice": metrics.dice(m0, p.gt)}
         return starts[p.index][0], starts[p.index][1], start_info(p)

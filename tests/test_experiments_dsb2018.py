@@ -1,5 +1,5 @@
-"""Small, fast version of the DSB2018 reproduction (issue 3; the full run is
-benchmarks/reproduce_dsb2018.py)."""
+"""``experiments.dsb2018`` (benchmarks/experiments/dsb2018.py): small, fast version of the
+DSB2018 reproduction (issue 3; the full run is benchmarks/reproduce_dsb2018.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from experiments import dsb2018 as E
 
 import self2seg_jax as s2s
 from self2seg_jax import alternating
-from self2seg_jax.experiments import dsb2018 as E
 
 TINY = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20, train_patience=20,
             max_outer=3)
@@ -175,10 +175,10 @@ def test_sweep_equals_separate_runs_and_shares_first_wstep(key):
     # vmap and map batching give the same masks
     m0j = jnp.asarray(m0, jnp.float32)
     hyp = E._stacked_hyper(cfg, lams)
-    sv = alternating.run_scheme_sweep(jax.random.split(key)[1], jnp.asarray(f), m0j, 1 - m0j, m0j,
-                                      hyp, st=cfg.static(), batch="vmap")
-    assert (np.asarray(sv.mask) > 0.5).shape == r["mask"].shape
-    assert ((np.asarray(sv.mask) > 0.5) == r["mask"]).mean() > 0.999
+    sv = alternating.run_sweep(jax.random.split(key)[1], jnp.asarray(f), jnp.stack([1 - m0j, m0j]),
+                               m0j.astype(jnp.int32), hyp, spec=cfg.spec(), batch="vmap")
+    assert (np.asarray(sv.labels) > 0).shape == r["mask"].shape
+    assert ((np.asarray(sv.labels) > 0) == r["mask"]).mean() > 0.999
 
 
 def test_run_level_small(key):
@@ -187,7 +187,8 @@ def test_run_level_small(key):
     rows = []
     out = E.run_level(30, key=key, methods=("chan_vese", "sequential", "self2seg_default"),
                       lams=(0.01, 0.03, 0.1), indices=[21, 42], size=64,
-                      base=s2s.Self2SegConfig(**TINY), on_row=lambda r, m: rows.append((r, m.shape)))
+                      base=s2s.Self2SegConfig(**TINY),
+                      on_row=lambda r, m: rows.append((r, m.shape)))
     assert len(out) == 6 and [r for r, _ in rows] == out
     for r, shape in rows:
         assert shape == (3, 64, 64)
@@ -213,12 +214,12 @@ def test_run_level_cvstart_uses_chan_vese_start(key):
     (row,) = E.run_level(30, key=key, methods=("self2seg_cvstart",), lams=(0.02,), indices=[21],
                          size=64, base=base)
     p = E.noisy_patches(30, size=64, indices=[21])[0]
-    f = s2s.api.normalise(p.noisy)[0]
+    f = s2s.api.normalise(s2s.api.validate_image(p.noisy)[0])[0]
     m0 = f > otsu_threshold(f)
     assert row["init_dice"] == pytest.approx(s2s.metrics.dice(m0, p.gt))
     assert row["start_seconds"] == 0.0
-    direct = E.self2seg_sweep(key, f, m0, (0.02,), config=E.method_config("self2seg_cvstart", 30, base),
-                              batch="map")
+    direct = E.self2seg_sweep(key, f, m0, (0.02,),
+                              config=E.method_config("self2seg_cvstart", 30, base), batch="map")
     assert row["dice"][0] == pytest.approx(s2s.metrics.dice(direct["mask"][0], p.gt))
     _, shared, _ = E.shared_start(key, p.noisy, base)
     assert not np.array_equal(shared, m0)  # the two starts differ on this patch

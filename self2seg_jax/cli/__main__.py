@@ -1,0 +1,5 @@
+import sys
+
+from self2seg_jax.cli import main
+
+sys.exit(main())

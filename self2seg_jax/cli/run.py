@@ -1,0 +1,349 @@
+"""The ``segment`` and ``demo`` commands: one function per step of a file's run.
+
+A file goes through :func:`plan_outputs` (paths, never over an input, nothing existing unless
+``--overwrite``) -> :func:`segment_image` (the run, with its progress lines, warnings and
+compilation time) -> :mod:`~self2seg_jax.cli.report` (report and metrics) ->
+:func:`write_outputs` (figure, all files written all-or-nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings as _warnings
+from pathlib import Path
+
+from self2seg_jax.cli import report as rpt
+from self2seg_jax.cli.parser import CLIError, _is_float, _one_line, config_from_args
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def log(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def error(args, msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
+def classify(e: BaseException) -> tuple[int, str]:
+    """``(exit code, one-line message)`` of an exception."""
+    if isinstance(e, (CLIError, ValueError, OSError, FloatingPointError)):
+        return EXIT_USAGE, _one_line(e)
+    return EXIT_FAIL, (f"internal error ({type(e).__name__}: {_one_line(e)}); rerun with --debug "
+                       "for the traceback")
+
+
+def check_outdir(outdir: Path) -> None:
+    import tempfile
+
+    if outdir.exists() and not outdir.is_dir():
+        raise CLIError(f"{outdir}: output directory exists and is not a directory")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{outdir}: cannot create output directory ({e.strerror or e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=outdir):
+            pass
+    except OSError as e:
+        raise CLIError(f"{outdir}: output directory is not writable ({e.strerror or e})") from None
+
+
+def read(path: Path, what: str | None = None, allow_nd: bool = False):
+    from self2seg_jax import io
+
+    try:
+        return io.read_image(path, allow_nd=allow_nd)
+    except io.ImageReadError as e:
+        if what is None:
+            raise
+        raise CLIError(f"{what}: {e}") from None
+
+
+def layout_options(args) -> dict:
+    """``segment`` keyword arguments of the multi-class / colour / 3-D options."""
+    kw = {"num_classes": getattr(args, "classes", None),
+          "channel_axis": getattr(args, "channel_axis", None),
+          "volume": getattr(args, "volume", False) or None,
+          "spacing": getattr(args, "spacing", None)}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def spatial_shape(image, kw) -> tuple:
+    shape = list(image.shape)
+    if "channel_axis" in kw and -len(shape) <= kw["channel_axis"] < len(shape):
+        shape.pop(kw["channel_axis"])
+    return tuple(shape)
+
+
+def resolve_init(args, extra):
+    """``(kind, value)``: ``('otsu', 'otsu')``, ``('threshold', float)``, ``('mask', Path)``
+    or ``('boxes', Boxes)``."""
+    fg_boxes = list(args.fg_box) or list(extra.get("fg_box", []))
+    bg_boxes = list(args.bg_box) or list(extra.get("bg_box", []))
+    init_arg = args.init if args.init is not None else extra.get("init")
+    if fg_boxes or bg_boxes:
+        if args.init is not None:
+            raise CLIError("use either --init or --fg-box/--bg-box, not both")
+        if not fg_boxes:
+            raise CLIError("--bg-box needs at least one --fg-box")
+        from self2seg_jax.initialisation import Boxes
+
+        return "boxes", Boxes(fg=fg_boxes, bg=bg_boxes)
+    if init_arg is None or init_arg == "otsu":
+        return "otsu", "otsu"
+    if isinstance(init_arg, (int, float)) or _is_float(str(init_arg)):
+        t = float(init_arg)
+        if not 0.0 < t < 1.0:
+            raise CLIError(f"--init threshold must be in (0, 1) (the image is min-max "
+                           f"normalised), got {init_arg}")
+        return "threshold", t
+    return "mask", Path(init_arg)
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps of one file
+
+
+def plan_outputs(args, outdir: Path, name: str, kw: dict, inputs, extra_names=()) -> dict:
+    """Output paths of one input, checked: never an input file, nothing existing unless
+    ``--overwrite``."""
+    png = getattr(args, "png", False)
+    if png and kw.get("volume"):
+        raise CLIError("--png cannot hold a 3-D mask; drop --png for volumes")
+    paths = {
+        "mask": outdir / f"{name}_mask{'.png' if png else '.tif'}",
+        "denoised": outdir / f"{name}_denoised.tif",
+        "overlay": outdir / f"{name}_overlay.png",
+        "report": outdir / f"{name}_report.json",
+    }
+    if kw.get("num_classes", 2) > 2:
+        paths["labels"] = outdir / f"{name}_labels.tif"
+    for n in extra_names:
+        paths[Path(n).stem.removeprefix(f"{name}_")] = outdir / n
+    resolved = {Path(p).resolve() for p in inputs if p is not None}
+    for p in paths.values():
+        if p.resolve() in resolved:
+            raise CLIError(f"{p}: output would overwrite an input file; choose another -o")
+        if p.is_dir():
+            raise CLIError(f"{p}: output path is a directory")
+        if p.exists() and not args.overwrite:
+            raise CLIError(f"{p}: exists (use --overwrite to replace it)")
+    return paths
+
+
+def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
+    """Run :func:`self2seg_jax.segment` with per-iteration progress lines on stderr; returns
+    ``(result, timings, warning messages)``."""
+    import jax
+
+    from self2seg_jax.api import segment
+    from self2seg_jax.progress import compilations
+
+    t0 = time.perf_counter()
+
+    def on_iteration(ev):
+        log(args, f"  {name}: outer {ev.outer}  energy {ev.energy:.5g}  mask change "
+                  f"{ev.change:.3%}  pd iters {ev.pd_iters}  train steps {list(ev.train_steps)}  "
+                  f"[{time.perf_counter() - t0:.1f} s]")
+
+    with _warnings.catch_warnings(record=True) as caught, compilations() as watch:
+        _warnings.simplefilter("always")
+        res = segment(jax.random.key(seed), image, init=init, config=config,
+                      progress=on_iteration, **kw)
+    msgs = [_one_line(w.message) for w in caught if issubclass(w.category, Warning)]
+    for m in msgs:
+        log(args, f"  {name}: warning: {m}")
+    t = time.perf_counter() - t0
+    timings = {"segment_s": round(t, 4), "compile_s": round(watch["seconds"], 4),
+               "includes_compilation": watch["count"] > 0}
+    return res, timings, msgs
+
+
+def _view2d(image, res, gt, kw):
+    """2-D views for the overview figure: the middle z slice of a volume, the channel mean of
+    a colour image."""
+    import numpy as np
+
+    if "channel_axis" in kw:
+        image = np.moveaxis(np.asarray(image, np.float32), kw["channel_axis"], -1).mean(-1)
+        den = np.moveaxis(res.denoised, kw["channel_axis"], -1).mean(-1)
+        res = dataclasses.replace(res, denoised=den)
+    if kw.get("volume"):
+        z = image.shape[0] // 2
+        image, gt = image[z], (gt[z] if gt is not None else None)
+        res = dataclasses.replace(res, labels=res.labels[z], denoised=res.denoised[z],
+                                  probabilities=res.probabilities[:, z])
+    return image, res, gt
+
+
+def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=None,
+                  extra_outputs=None) -> None:
+    """Figure, mask, denoised image, labels, extra arrays and the report, all-or-nothing."""
+    import numpy as np
+
+    from self2seg_jax import io, viz
+
+    t1 = time.perf_counter()
+    im2, res2, gt2 = _view2d(image, res, gt, layout_options(args))
+    fig = viz.overview_figure(im2, res2, gt=gt2, title=name)
+    try:
+        with io.AtomicGroup(overwrite=args.overwrite) as group:
+            group.image(paths["mask"], res.mask.astype(np.uint8))
+            group.image(paths["denoised"], res.denoised.astype(np.float32))
+            if "labels" in paths:
+                group.image(paths["labels"], res.labels.astype(np.uint8))
+            for key, arr in (extra_outputs or {}).items():
+                group.image(paths[key], arr)
+            group.figure(paths["overlay"], fig)
+            report["timings"]["write_s"] = round(time.perf_counter() - t1, 4)
+            group.json(paths["report"], rpt.json_safe(report))
+            group.commit()
+    except FileExistsError as e:
+        raise CLIError(_one_line(e)) from None
+    except OSError as e:
+        raise CLIError(f"cannot write outputs to {paths['report'].parent} "
+                       f"({e.strerror or _one_line(e)})") from None
+
+
+def process(args, config, extra, image, name: str, *, init, init_desc, gt=None, clean=None,
+            inputs=(), extra_outputs=None, t_read: float = 0.0) -> dict:
+    """Segment one image and write its outputs; returns its report."""
+    seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
+    kw = layout_options(args)
+    extra_outputs = dict(extra_outputs or {})
+    paths = plan_outputs(args, args.outdir, name, kw, inputs, extra_outputs)
+    spatial = spatial_shape(image, kw)
+    if gt is not None and gt.shape != spatial:
+        raise CLIError(f"ground truth {args.gt} has shape {gt.shape}, the image has spatial "
+                       f"shape {spatial}")
+    if clean is not None and clean.shape != image.shape:
+        raise CLIError(f"clean image {args.clean} has shape {clean.shape}, the image has shape "
+                       f"{image.shape}")
+    res, timings, msgs = segment_image(args, config, image, init=init, seed=seed, kw=kw, name=name)
+    timings["read_s"] = round(t_read, 4)
+    report = rpt.run_report(name=name, image=image, config=config, seed=seed, init_desc=init_desc,
+                            layout={k: v for k, v in kw.items() if k != "num_classes"}, res=res,
+                            warnings=msgs, timings=timings)
+    report.update(rpt.metrics_report(res, image, gt=gt, clean=clean))
+    report["outputs"] = {k: str(v) for k, v in paths.items()}
+    extra_by_key = {Path(n).stem.removeprefix(f"{name}_"): a for n, a in extra_outputs.items()}
+    write_outputs(args, paths, name, image, res, report, gt=gt, extra_outputs=extra_by_key)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_segment(args) -> int:
+    config, extra = config_from_args(args)
+    init_kind, init_val = resolve_init(args, extra)
+    check_outdir(args.outdir)
+    kw = layout_options(args)
+    nd = bool(kw)
+    gt = (read(args.gt, "--gt", nd) > 0) if args.gt is not None else None
+    clean = read(args.clean, "--clean", nd) if args.clean is not None else None
+    init_mask, init_desc = None, init_val
+    if init_kind == "mask":
+        init_mask = read(init_val, "--init mask", nd)
+        init_mask = init_mask.astype("int32") if kw.get("num_classes", 2) > 2 else init_mask > 0
+        init_desc = {"mask": str(init_val)}
+    elif init_kind == "boxes":
+        init_desc = {"fg_boxes": [list(b) for b in init_val.fg],
+                     "bg_boxes": [list(b) for b in init_val.bg]}
+    inputs = list(args.images) + [args.gt, args.clean, args.config]
+    if init_kind == "mask":
+        inputs.append(init_val)
+
+    summaries, codes, used = [], [], set()
+    n = len(args.images)
+    for i, path in enumerate(args.images, 1):
+        name, k = path.stem, 1
+        while name in used:
+            name, k = f"{path.stem}_{k}", k + 1
+        used.add(name)
+        prefix = f"[{i}/{n}] " if n > 1 else ""
+        try:
+            t0 = time.perf_counter()
+            image = read(path, allow_nd=nd)
+            t_read = time.perf_counter() - t0
+            if image.ndim == 3 and not nd:
+                raise CLIError(f"{path}: has 3 axes {image.shape}; pass --channel-axis -1 for a "
+                               "colour image or --volume for a (z, y, x) stack")
+            init = init_val
+            if init_kind == "mask":
+                if init_mask.shape != spatial_shape(image, kw):
+                    raise CLIError(f"--init mask {init_val} has shape {init_mask.shape}, the "
+                                   f"image has shape {image.shape}")
+                init = init_mask
+            log(args, f"{prefix}{path}: {'x'.join(map(str, image.shape))} {image.dtype}")
+            rep = process(args, config, extra, image, name, init=init, init_desc=init_desc,
+                          gt=gt, clean=clean, inputs=inputs, t_read=t_read)
+            summaries.append({"file": str(path), "ok": True, **rpt.short(rep)})
+            log(args, rpt.done_line(prefix, path, rep))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            if args.debug:
+                raise
+            code, msg = classify(e)
+            codes.append(code)
+            msg = msg if msg.startswith(str(path)) else f"{path}: {msg}"
+            error(args, msg)
+            summaries.append({"file": str(path), "ok": False, "error": msg})
+    failed = len(codes)
+    if n > 1:
+        log(args, f"{n - failed} of {n} files done" + (f", {failed} failed" if failed else ""))
+    if args.json:
+        print(json.dumps(rpt.json_safe({"results": summaries, "ok": n - failed, "failed": failed}),
+                         indent=2), flush=True)
+    if not failed:
+        return EXIT_OK
+    return EXIT_USAGE if EXIT_USAGE in codes else EXIT_FAIL
+
+
+def _fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def cmd_demo(args) -> int:
+    size, noise = args.size, args.noise
+    if not 16 <= size <= 512:
+        raise CLIError(f"--size must be between 16 and 512, got {size}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise CLIError(f"--noise must be a finite number >= 0, got {noise}")
+    config, extra = config_from_args(args)
+    check_outdir(args.outdir)
+
+    from self2seg_jax import data
+
+    y0 = x0 = (512 - size) // 2
+    clean, gt = data.load_sample(crop=(y0, x0, y0 + size, x0 + size))
+    seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
+    noisy = data.add_gaussian_noise(seed, clean, noise)
+    log(args, f"demo: DSB2018 nuclei crop {size}x{size} at ({y0}, {x0}), Gaussian noise std "
+              f"{noise:g} (0-255 scale)")
+    rep = process(args, config, extra, noisy, "demo", init="otsu", init_desc="otsu", gt=gt,
+                  clean=clean, extra_outputs={"demo_noisy.tif": noisy})
+    out = {"dice": rep["dice"], "iou": rep["iou"], "psnr_noisy": rep["psnr_input"],
+           "psnr_denoised": rep["psnr_denoised"], "ssim_denoised": rep["ssim_denoised"],
+           "status": rep["status"], "num_outer": rep["num_outer"], "seconds": rep["seconds"],
+           "outputs": rep["outputs"]}
+    if args.json:
+        print(json.dumps(rpt.json_safe(out), indent=2), flush=True)
+    else:
+        comp = " incl. compilation" if rep["timings"]["includes_compilation"] else ""
+        print(f"Dice {_fmt(rep['dice'], '.4f')}  IoU {_fmt(rep['iou'], '.4f')}  PSNR noisy "
+              f"{_fmt(rep['psnr_input'], '.2f')} dB -> denoised "
+              f"{_fmt(rep['psnr_denoised'], '.2f')} dB  ({rep['num_outer']} outer iterations, "
+              f"{rep['seconds']:.1f} s{comp})")
+        names = ", ".join(Path(p).name for p in rep["outputs"].values())
+        print(f"outputs in {args.outdir}: {names}")
+    return EXIT_OK

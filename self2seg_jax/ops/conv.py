@@ -1,0 +1,97 @@
+r"""Convolutions: the experts' ``SAME`` convolution (with a CPU-loop-safe backward pass) and the
+mean filter ``K_sigma`` of the filtered data terms (paper Example 1).
+
+Layouts: ``conv`` takes channel-last ``(n, *s, c_in)`` images and ``(*k, c_in, c_out)`` kernels
+for 2-D or 3-D ``s``; ``mean_filter`` acts on the last ``ndim`` axes of any array.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = {4: ("NHWC", "HWIO", "NHWC"), 5: ("NDHWC", "DHWIO", "NDHWC")}
+CONV_IMPLS = ("lax", "loopsafe")
+
+
+def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    nsp = x.ndim - 2
+    return lax.conv_general_dilated(x, w, (1,) * nsp, "SAME", dimension_numbers=_DN[x.ndim])
+
+
+@jax.custom_vjp
+def conv_loopsafe(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``SAME`` stride-1 convolution whose backward pass stays fast inside compiled loops on CPU.
+
+    Forward is ``lax.conv_general_dilated``. XLA:CPU runs the convolution *gradient* kernels
+    10–20x slower inside ``while_loop``/``scan`` bodies than outside (jax-ml/jax#12868), and the
+    experts are trained inside such loops; here the input gradient is a forward convolution
+    with the flipped, transposed kernel and the weight gradient a sum of ``prod(k)`` shifted
+    matrix products. Equal to the autodiff of ``lax.conv_general_dilated`` up to rounding.
+
+    Args:
+      x: ``(n, *s, c_in)``, ``len(s)`` 2 or 3.
+      w: ``(*k, c_in, c_out)`` with odd ``k``.
+    """
+    return _conv_same(x, w)
+
+
+def _conv_fwd(x, w):
+    return _conv_same(x, w), (x, w)
+
+
+def _conv_bwd(res, g):
+    x, w = res
+    nsp = x.ndim - 2
+    ks = w.shape[:nsp]
+    dx = _conv_same(g, jnp.swapaxes(jnp.flip(w, tuple(range(nsp))), -1, -2))
+    xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
+    size = x.shape[1:-1]
+    rows = []
+    for off in itertools.product(*(range(k) for k in ks)):
+        win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, size))]
+        rows.append(jnp.tensordot(win, g, axes=(tuple(range(nsp + 1)), tuple(range(nsp + 1)))))
+    dw = jnp.stack(rows, 0).reshape(ks + (x.shape[-1], g.shape[-1]))
+    return dx, dw.astype(w.dtype)
+
+
+conv_loopsafe.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv(x: jax.Array, w: jax.Array, *, impl: str = "lax") -> jax.Array:
+    """``SAME`` stride-1 convolution; ``impl`` ``"lax"`` (XLA's) or ``"loopsafe"``
+    (:func:`conv_loopsafe`)."""
+    if impl == "loopsafe":
+        return conv_loopsafe(x, w)
+    if impl == "lax":
+        return _conv_same(x, w)
+    raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
+
+
+def mean_filter(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
+    """Mean over a ``size^ndim`` window on the last ``ndim`` axes (``K_sigma``, Example 1).
+
+    Near the border the mean is taken over the window's pixels inside the image (no padding
+    values enter the average). ``size <= 1`` returns ``x``.
+    """
+    if size <= 1:
+        return x
+    if size % 2 == 0:
+        raise ValueError(f"mean filter size must be odd, got {size}")
+    r = size // 2
+    lead = x.ndim - ndim
+    window = (1,) * lead + (size,) * ndim
+    pads = [(0, 0)] * lead + [(r, r)] * ndim
+    s = lax.reduce_window(x, 0.0, lax.add, window, (1,) * x.ndim, pads)
+    # Window counts: a product of 1-D counts (no reduce_window over a constant, which XLA
+    # would constant-fold at compile time for large images).
+    count = None
+    for a, n in enumerate(x.shape[lead:]):
+        i = jnp.arange(n)
+        c = (jnp.minimum(i + r, n - 1) - jnp.maximum(i - r, 0) + 1).astype(x.dtype)
+        c = c.reshape([n if b == a else 1 for b in range(ndim)])
+        count = c if count is None else count * c
+    return s / count

@@ -1,0 +1,254 @@
+"""Progress reporting: Event / event_of / format_event, the compilation counter, the
+Python-driven outer loop (alternating.iterate) and segment(progress=callback): one Event per
+outer iteration that matches the result, routed only to its own callback, with no
+recompilation when the callback changes; config.progress prints to stderr."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import self2seg_jax as s2s
+from self2seg_jax import alternating, api, initialisation, progress
+from self2seg_jax.progress import Event
+
+
+class Recorder:
+    def __init__(self):
+        self.events: list[Event] = []
+
+    def __call__(self, ev):
+        self.events.append(ev)
+
+
+def _check_events(events, res):
+    """One Event per outer iteration, in order, equal to the result's per-iteration records."""
+    assert len(events) == res.num_outer >= 1
+    assert [e.outer for e in events] == list(range(1, res.num_outer + 1))
+    for k, e in enumerate(events):
+        assert isinstance(e, Event)
+        assert (
+            isinstance(e.outer, int) and isinstance(e.energy, float) and isinstance(e.change, float)
+        )
+        assert isinstance(e.pd_iters, int) and isinstance(e.status, int)
+        assert isinstance(e.train_steps, tuple) and all(isinstance(v, int) for v in e.train_steps)
+        assert e.energy == pytest.approx(float(res.energies[k]), rel=1e-6)
+        assert e.change == pytest.approx(float(res.mask_changes[k]), abs=1e-7)
+        assert e.pd_iters == int(res.pd_iterations[k])
+        assert e.train_steps == tuple(int(v) for v in res.train_steps[k])
+    assert all(e.status == alternating.RUNNING for e in events[:-1])
+    assert alternating.STATUS_NAMES[events[-1].status] == res.status
+
+
+# --------------------------------------------------------------------------------------
+# helpers of the module
+# --------------------------------------------------------------------------------------
+
+
+def test_format_event():
+    ev = Event(2, 12.3456789, 0.0041, 120, (0, 150), 0)
+    line = progress.format_event(ev)
+    assert (
+        line == "outer 2: energy 12.3457, mask change 0.4100%, pd iters 120, train steps [0, 150]"
+    )
+
+
+def test_event_of_reads_the_last_iteration(const_config, make_blob):
+    img, _ = make_blob(1, 24, 0.1)
+    a, _ = api.validate_image(img)
+    f, _, _ = api.normalise(a)
+    st = initialisation.start(None, f, "otsu", num_classes=2, ndim=2, denoise=None)
+    spec = const_config.replace(mask_tol=0.0, energy_p=0.0).spec()
+    s = alternating.run(
+        jax.random.key(0),
+        jnp.asarray(f),
+        jnp.asarray(st.weights),
+        jnp.asarray(st.labels),
+        const_config.replace(mask_tol=0.0, energy_p=0.0).hyper(),
+        spec=spec,
+    )
+    n = int(s.it)
+    ev = progress.event_of(s)
+    assert ev.outer == n and ev.status == int(s.status)
+    assert ev.energy == pytest.approx(float(s.energies[n - 1]))
+    assert ev.change == pytest.approx(float(s.changes[n - 1]))
+    assert ev.pd_iters == int(s.pd_iters[n - 1])
+    assert ev.train_steps == tuple(int(v) for v in s.train_steps[n - 1])
+
+
+def test_compilations_counts_xla_compilations():
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.25)
+    with progress.compilations() as c:
+        f(jnp.ones(3))
+        f(jnp.ones(3) * 2)  # cached: not compiled again
+    assert c["count"] >= 1 and c["seconds"] > 0
+    n = c["count"]
+    with progress.compilations() as c2:
+        f(jnp.ones(3) * 3)
+    assert c2["count"] == 0
+    f(jnp.ones(4))  # compiled after the block: not seen by it
+    assert c["count"] == n
+
+
+# --------------------------------------------------------------------------------------
+# iterate: the Python-driven loop of the same compiled outer step
+# --------------------------------------------------------------------------------------
+
+
+def test_iterate_equals_run_and_calls_back_once_per_iteration(const_config, make_blob):
+    img, _ = make_blob(2, 24, 0.15)
+    a, _ = api.validate_image(img)
+    f, _, _ = api.normalise(a)
+    st = initialisation.start(None, f, "otsu", num_classes=2, ndim=2, denoise=None)
+    cfg = const_config.replace(mask_tol=0.0, energy_p=0.0, max_outer=5)
+    args = (
+        jax.random.key(0),
+        jnp.asarray(f),
+        jnp.asarray(st.weights),
+        jnp.asarray(st.labels),
+        cfg.hyper(),
+        cfg.spec(),
+    )
+    rec = Recorder()
+    s_it = alternating.iterate(*args, rec)
+    s_run = alternating.run(*args)
+    assert int(s_it.it) == int(s_run.it) == len(rec.events)
+    assert int(s_it.status) == int(s_run.status)
+    np.testing.assert_array_equal(np.asarray(s_it.labels), np.asarray(s_run.labels))
+    n = int(s_run.it)
+    np.testing.assert_allclose(
+        np.asarray(s_it.energies[:n]), np.asarray(s_run.energies[:n]), rtol=1e-6
+    )
+    assert [e.energy for e in rec.events] == pytest.approx(
+        np.asarray(s_run.energies[:n]).tolist(), rel=1e-6
+    )
+
+
+# --------------------------------------------------------------------------------------
+# segment(progress=callback)
+# --------------------------------------------------------------------------------------
+
+
+def test_segment_progress_events_match_the_result(blob32, tiny_n2f_config, tiny_n2f_result):
+    """CNN experts (non-zero train steps), shared TINY_N2F configuration; the result is the
+    same as without a callback."""
+    img, _ = blob32
+    rec = Recorder()
+    res = s2s.segment(jax.random.key(0), img, config=tiny_n2f_config, progress=rec)
+    _check_events(rec.events, res)
+    assert all(e.train_steps[1] >= tiny_n2f_config.train_min_steps for e in rec.events)
+    np.testing.assert_array_equal(res.labels, tiny_n2f_result.labels)
+    np.testing.assert_allclose(res.energies, tiny_n2f_result.energies, rtol=1e-5)
+    assert res.num_outer == tiny_n2f_result.num_outer and res.status == tiny_n2f_result.status
+
+
+def test_new_callback_does_not_recompile(blob32, tiny_n2f_config, make_blob):
+    img, _ = blob32
+    first = Recorder()
+    # compiled here (or by an earlier test of this worker)
+    s2s.segment(jax.random.key(0), img, config=tiny_n2f_config, progress=first)
+    # the programs that segment(progress=...) runs: the Python-driven loop's init and step
+    sizes = (
+        alternating._init_jit._cache_size(),
+        alternating._step_jit._cache_size(),
+        alternating.run._cache_size(),
+    )
+    n_first = len(first.events)
+    second, third = Recorder(), []
+    img2, _ = make_blob(5, 32, 0.12)
+    with progress.compilations() as c:
+        r2 = s2s.segment(
+            jax.random.key(1), img2, config=tiny_n2f_config.replace(lam=0.04), progress=second
+        )
+        r3 = s2s.segment(jax.random.key(2), img, config=tiny_n2f_config, progress=third.append)
+    assert c["count"] == 0, c
+    assert sizes == (
+        alternating._init_jit._cache_size(),
+        alternating._step_jit._cache_size(),
+        alternating.run._cache_size(),
+    )
+    # each run's events went to its own callback only
+    assert len(first.events) == n_first
+    _check_events(second.events, r2)
+    _check_events(third, r3)
+
+
+def test_concurrent_runs_get_their_own_events(const_config, make_blob):
+    cfg = const_config.replace(mask_tol=0.0, energy_p=0.0, max_outer=4)
+    imgs = [make_blob(s, 24, 0.2)[0] for s in (0, 1)]
+    s2s.segment(jax.random.key(0), imgs[0], config=cfg, progress=lambda e: None)  # compile first
+    recs, results, errors = [Recorder(), Recorder()], [None, None], []
+
+    def work(i):
+        try:
+            results[i] = s2s.segment(jax.random.key(i), imgs[i], config=cfg, progress=recs[i])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for rec, res in zip(recs, results, strict=True):
+        _check_events(rec.events, res)
+    assert [e.energy for e in recs[0].events] != [e.energy for e in recs[1].events]
+
+
+def test_no_callback_no_events_and_same_result(const_config, make_blob, capsys):
+    img, _ = make_blob(3, 24, 0.15)
+    rec = Recorder()
+    with_cb = s2s.segment(jax.random.key(0), img, config=const_config, progress=rec)
+    without = s2s.segment(jax.random.key(0), img, config=const_config)
+    assert len(rec.events) == with_cb.num_outer
+    np.testing.assert_array_equal(with_cb.labels, without.labels)
+    np.testing.assert_allclose(with_cb.energies, without.energies, rtol=1e-6)
+    assert capsys.readouterr().err == ""  # nothing printed without config.progress
+
+
+def test_config_progress_prints_one_line_per_iteration(const_config, make_blob, capsys):
+    img, _ = make_blob(3, 24, 0.15)
+    cfg = const_config.replace(progress=True)
+    res = s2s.segment(jax.random.key(0), img, config=cfg)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[self2seg] outer ")]
+    assert len(lines) == res.num_outer
+    assert lines[0].startswith("[self2seg] outer 1: energy ")
+    assert f"{res.energies[-1]:.6g}" in lines[-1]
+    # a callback replaces the printer
+    rec = Recorder()
+    s2s.segment(jax.random.key(0), img, config=cfg, progress=rec)
+    assert capsys.readouterr().err == "" and len(rec.events) == res.num_outer
+
+
+@pytest.mark.parametrize("bad", [42, "print", object()], ids=["int", "str", "object"])
+def test_non_callable_progress_is_rejected_before_anything_runs(bad, const_config, monkeypatch):
+    from self2seg_jax import experts
+
+    def boom(*a, **k):
+        raise AssertionError("progress was not validated before the scheme / Noise2Fast start")
+
+    monkeypatch.setattr(alternating, "run", boom)
+    monkeypatch.setattr(alternating, "iterate", boom)
+    monkeypatch.setattr(experts, "denoise", boom)
+    img = np.random.default_rng(0).uniform(size=(16, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="progress must be a callable"):
+        s2s.segment(
+            jax.random.key(0), img, config=const_config.replace(init_denoise=True), progress=bad
+        )
+
+
+def test_falsy_callable_progress_still_gets_events(const_config, make_blob):
+    class Log(list):
+        def __call__(self, ev):
+            self.append(ev)
+
+    img, _ = make_blob(3, 24, 0.15)
+    log = Log()
+    res = s2s.segment(jax.random.key(0), img, config=const_config, progress=log)
+    assert len(log) == res.num_outer
