@@ -60,7 +60,7 @@ def _time(fn, *args, repeat: int = 1):
 def bench_train_step(size: int, cfg: s2s.Self2SegConfig, impl: str, steps: int) -> float:
     tc = cfg.replace(conv_impl=impl).spec().train
     tc = dataclasses.replace(tc, max_steps=steps, min_steps=steps)
-    f = jnp.asarray(s2s.api.normalise(_image(size).astype(np.float64))[0])
+    f = jnp.asarray(s2s.api.normalise(_image(size).astype(np.float64), cfg.normalise)[0])
     w = jnp.ones_like(f)
     params = experts.init_params(jax.random.key(0), "n2f", tc)
     fit = jax.jit(lambda p, f, w: experts.fit_n2f(p, f, w, 1e-3, tc)[1:])

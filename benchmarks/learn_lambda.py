@@ -78,7 +78,7 @@ def main():
         _, clean, gt = patches[i]
         noisy = s2s.data.add_gaussian_noise(1000 + i, clean, args.noise)
         r = s2s.segment(jax.random.key(i), noisy, config=cfg)
-        f, lo, hi = api.normalise(api.validate_image(noisy)[0])
+        f, lo, hi = api.normalise(api.validate_image(noisy)[0], cfg.normalise)
         fg = (r.denoised_fg - lo) / (hi - lo)
         bg = (r.denoised_bg - lo) / (hi - lo)
         d_fg.append((f - fg) ** 2)

@@ -171,8 +171,10 @@ def w_step(s: State, f: jax.Array, hyper: Hyper, spec: Spec) -> WStep:
     new = {}
     for kind, idx in spec.groups:
         ix = jnp.asarray(idx)
-        new[kind], out, st = experts.fit_group(params[kind], f, s.w[ix], hyper.learning_rate,
-                                               kind, spec.train, batch=spec.batch)
+        fit_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys[ix])
+        new[kind], out, st = experts.fit_group(fit_keys, params[kind], f, s.w[ix],
+                                               hyper.learning_rate, kind, spec.train,
+                                               batch=spec.batch)
         den, steps = den.at[ix].set(out), steps.at[ix].set(st)
     return WStep(new, den, steps, key)
 

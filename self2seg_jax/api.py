@@ -140,9 +140,25 @@ def check_size(spatial: tuple, min_size: int) -> None:
                          f"{min_size} pixels per axis")
 
 
-def normalise(a: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Min–max normalise to float32 ``[0, 1]``; returns ``(f, lo, hi)``."""
+QUANTILE = 0.1  # percent of the pixels clipped at each end by normalise(how="quantile")
+
+
+def normalise(a: np.ndarray, how: str) -> tuple[np.ndarray, float, float]:
+    """Normalise to float32 ``[0, 1]``; returns ``(f, lo, hi)`` with ``f = (a - lo) / (hi - lo)``.
+
+    ``"minmax"``: ``lo, hi`` = min and max (the paper). ``"quantile"``: the 0.1 and 99.9
+    percentiles, values beyond clipped — the scale then does not grow with the number of
+    pixels (a larger image has more extreme noise values), so ``lam`` means the same on a
+    patch and on the whole image; falls back to min–max where the percentiles coincide.
+    """
     lo, hi = float(a.min()), float(a.max())
+    if how == "quantile":
+        qlo, qhi = (float(v) for v in np.percentile(a, [QUANTILE, 100 - QUANTILE]))
+        if qhi > qlo:
+            lo, hi = qlo, qhi
+            a = np.clip(a, lo, hi)
+    elif how != "minmax":
+        raise ValueError(f"normalise must be 'minmax' or 'quantile', got {how!r}")
     return ((a - lo) / (hi - lo)).astype(np.float32), lo, hi
 
 
@@ -257,7 +273,7 @@ def segment(
                        class_experts=class_experts)
     check_size(a.shape[a.ndim - nd:], config.min_image_size(spec.kinds))
     key = check_key(key)
-    f, lo, hi = normalise(a)
+    f, lo, hi = normalise(a, config.normalise)
     k_init, k_run = jax.random.split(key)
     denoise = None
     if config.init_denoise:

@@ -67,7 +67,7 @@ def denoise_n2f(key: jax.Array, image, *, config: Self2SegConfig = Self2SegConfi
     Returns a float32 ``(h, w)`` array in the input's intensity scale.
     """
     a, nd = api.validate_image(image)
-    f, lo, hi = api.normalise(a)
+    f, lo, hi = api.normalise(a, config.normalise)
     train = config.spec(ndim=nd).train
     out = np.asarray(experts.denoise(api.check_key(key), f, config.learning_rate, train))
     if not np.all(np.isfinite(out)):

@@ -31,6 +31,8 @@ CHOICES = {
     "conv_impl": ("auto", "lax", "loopsafe"),
     "stack_experts": ("auto", "always", "never"),
     "data_term": ("output", "blind_spot"),
+    "train_mode": ("crops", "full"),
+    "normalise": ("quantile", "minmax"),
 }
 
 
@@ -49,14 +51,22 @@ def backend_policy(backend: str | None = None) -> dict:
     On CPU the experts' convolutions use :func:`self2seg_jax.ops.conv_loopsafe` (XLA:CPU's
     convolution gradients are 10–20x slower inside compiled loops) and experts of one kind are
     trained one after the other (``"map"``: batched convolutions are slower there); on GPU/TPU
-    XLA's convolution and a ``vmap`` over the experts.
+    XLA's convolution and a ``vmap`` over the experts. Crop training takes 2 crops per Adam step
+    on CPU (its cost is per pixel there) and 16 on accelerators (a step's cost there is mostly
+    launch overhead, so more pixels per step are nearly free).
     """
     if backend is None:
         import jax
 
         backend = jax.default_backend()
     cpu = backend == "cpu"
-    return {"conv_impl": "loopsafe" if cpu else "lax", "batch": "map" if cpu else "vmap"}
+    return {"conv_impl": "loopsafe" if cpu else "lax", "batch": "map" if cpu else "vmap",
+            "crop_batch": 2 if cpu else 16}
+
+
+def _side(side_2d: int, ndim: int) -> int:
+    """The even side of an ``ndim``-D cube with about as many pixels as a ``side_2d`` square."""
+    return max(4, 2 * round(side_2d ** (2 / ndim) / 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +82,9 @@ class Self2SegConfig:
 
     lam: float = _opt(0.03, "TV weight lambda (> 0) on the [0, 1]-normalised image; about "
                       "0.005..0.1, larger = smoother", metavar="LAM")
+    normalise: str = _opt("quantile", "intensity scaling to [0, 1]: the 0.1/99.9 percentiles, "
+                          "beyond clipped (quantile: lam then means the same on patches and "
+                          "whole images) or min and max (minmax, the paper)")
     mu: float = _opt(0.01, "reference-mask weight mu (eq. (10)); 0 = off. Small values keep the "
                      "mask from drifting to a trivial one", metavar="MU")
     fg_expert: str = _opt("n2f", "foreground expert: CNN (n2f), linear filter or region mean")
@@ -95,6 +108,16 @@ class Self2SegConfig:
                           cli=False)
     n_average: int = _opt(10, "number of last validation outputs averaged into an expert's "
                           "output (Noise2Fast)", cli=False)
+    train_mode: str = _opt("full", "expert training: on crops with a fixed pixel budget per step "
+                           "(crops; cost independent of the image size) or on whole checkerboard "
+                           "half-images (full; Noise2Fast)")
+    crop_size: int = _opt(32, "side of a training crop in 2-D (volumes: crops with as many "
+                          "voxels)", cli=False)
+    crop_batch: int = _opt(0, "training crops per Adam step; 0 = backend policy (2 on CPU, "
+                           "16 on accelerators)", cli=False)
+    val_crops: int = _opt(16, "crops in the fixed validation set of crop training", cli=False)
+    tile_size: int = _opt(512, "side of the tiles of whole-image expert passes in 2-D (volumes: "
+                          "tiles with as many voxels); bounds their memory", cli=False)
     warm_start: bool = _opt(True, "keep expert weights across outer iterations (False: "
                             "re-initialise every W-step, as the authors' code)", cli=False)
     max_outer: int = _opt(8, "max outer iterations", metavar="N")
@@ -164,12 +187,15 @@ class Self2SegConfig:
             if not (getattr(self, name) >= 1 and getattr(self, name) % 2 == 1):
                 bad(f"{name} must be an odd integer >= 1, got {getattr(self, name)!r}")
         for name in ("net_width", "net_depth", "train_max_steps", "val_every", "n_average",
-                     "max_outer", "pd_max_iter", "pd_check_every"):
+                     "max_outer", "pd_max_iter", "pd_check_every", "val_crops"):
             if not getattr(self, name) >= 1:
                 bad(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("train_min_steps", "train_patience"):
+        for name in ("train_min_steps", "train_patience", "crop_batch"):
             if not getattr(self, name) >= 0:
                 bad(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("crop_size", "tile_size"):
+            if not (getattr(self, name) >= 8 and getattr(self, name) % 2 == 0):
+                bad(f"{name} must be an even integer >= 8, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
             bad(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0 < self.threshold < 1:
@@ -213,7 +239,10 @@ class Self2SegConfig:
             max_steps=self.train_max_steps, min_steps=self.train_min_steps,
             patience=self.train_patience, val_every=self.val_every, n_average=self.n_average,
             conv_impl=policy["conv_impl"] if self.conv_impl == "auto" else self.conv_impl,
-            ndim=ndim, channels=channels,
+            ndim=ndim, channels=channels, mode=self.train_mode,
+            crop=_side(self.crop_size, ndim), batch=self.crop_batch or policy["crop_batch"],
+            val_crops=self.val_crops,
+            tile=_side(self.tile_size, ndim),
         )
         return alternating.Spec(
             kinds=kinds, train=train, spacing=spacing, data_filter=self.data_filter,

@@ -49,6 +49,12 @@ class TrainConfig:
       n_average: number of last validation outputs averaged into the expert's output.
       conv_impl: ``"lax"`` or ``"loopsafe"`` (see :func:`self2seg_jax.ops.conv_loopsafe`).
       ndim: spatial dimensions (2 or 3); channels: 0 for ``(*s)`` images, ``L`` for ``(L, *s)``.
+      mode: ``"crops"`` (:func:`fit_n2f_crops`: each step on ``batch`` crops, cost independent
+        of the image size) or ``"full"`` (:func:`fit_n2f`: each step on a whole checkerboard
+        half-image, validation on the whole image, the scheme of Noise2Fast).
+      crop: even side of a training crop (loss pixels; a halo of context is added).
+      batch: crops per Adam step; val_crops: crops in the fixed validation set.
+      tile: side of the tiles in which the whole image is denoised (:func:`apply_tiled`).
     """
 
     width: int = 32
@@ -62,6 +68,11 @@ class TrainConfig:
     conv_impl: str = "loopsafe"
     ndim: int = 2
     channels: int = 0
+    mode: str = "full"
+    crop: int = 32
+    batch: int = 4
+    val_crops: int = 16
+    tile: int = 256
 
 
 class _Conv(nn.Module):
@@ -91,7 +102,10 @@ class N2FNet(nn.Module):
     channels: int = 0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, valid=None):
+        """``valid`` (optional, ``(*b, *s)`` 0/1): where the pixels lie inside the image; hidden
+        activations are zeroed outside, which reproduces the per-layer zero padding at the
+        image border inside tiles and crops cut from a zero-padded image."""
         nd, nc = self.ndim, self.channels
         if nc:
             lead, core = x.shape[: -(nd + 1)], x.shape[-(nd + 1):]
@@ -99,8 +113,10 @@ class N2FNet(nn.Module):
         else:
             lead, core = x.shape[:-nd], x.shape[-nd:]
             h = x.reshape((-1,) + core + (1,))
+        v = None if valid is None else valid.reshape((-1,) + core[-nd:] + (1,)).astype(h.dtype)
         for _ in range(self.depth):
             h = nn.relu(_Conv(self.width, self.impl, nd)(h))
+            h = h if v is None else h * v
         h = nn.sigmoid(nn.Dense(max(nc, 1))(h))
         if nc:
             return jnp.moveaxis(h, -1, 1).reshape(lead + core)
@@ -262,8 +278,207 @@ def fit_n2f(params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
     return c.params, jnp.sum(c.buf, axis=0) / jnp.maximum(n, 1).astype(f.dtype), c.step
 
 
-def fit(params: Any, f: jax.Array, w: jax.Array, lr, kind: str, cfg: TrainConfig):
-    """The W-step of one expert of ``kind``: ``(params, output, steps)``."""
+# ----------------------------------------------------------------------------------------
+# Crop training and tiled inference: cost independent of the image size
+# ----------------------------------------------------------------------------------------
+
+
+def _windows(x: jax.Array, ndim: int, size: int, starts: jax.Array) -> jax.Array:
+    """``(n, *lead, size^ndim)`` windows of ``x`` (``(*lead, *s)``) at ``starts`` ``(n, ndim)``."""
+    lead = x.ndim - ndim
+
+    def one(st):
+        return lax.dynamic_slice(x, (0,) * lead + tuple(st), x.shape[:lead] + (size,) * ndim)
+
+    return jax.vmap(one)(starts)
+
+
+def _grid(counts: tuple, step: int) -> jax.Array:
+    """``(prod(counts), ndim)`` int32 corners ``index * step`` of a regular grid of tiles."""
+    idx = jnp.stack(jnp.meshgrid(*(jnp.arange(c) for c in counts), indexing="ij"), -1)
+    return (idx.reshape(-1, len(counts)) * step).astype(jnp.int32)
+
+
+def apply_tiled(params: Any, f: jax.Array, kind: str, cfg: TrainConfig, tile: int | None = None):
+    """Expert output on the whole image, computed in tiles of ``tile^ndim`` pixels (with a halo
+    of the receptive field), so memory stays bounded; equal to :func:`apply` (the hidden
+    activations are masked outside the image, as the per-layer zero padding does)."""
+    tile = tile or cfg.tile
+    nd = cfg.ndim
+    spatial = f.shape[f.ndim - nd:]
+    if kind != "n2f" or all(n <= tile for n in spatial):
+        return apply(params, f, kind, cfg)
+    m, lead = cfg.depth, f.ndim - nd
+    counts = tuple(-(-n // tile) for n in spatial)
+    pads = [(m, c * tile - n + m) for n, c in zip(spatial, counts)]
+    fp = jnp.pad(f, [(0, 0)] * lead + pads)
+    vp = jnp.pad(jnp.ones(spatial, f.dtype), pads)
+    starts = _grid(counts, tile)
+    core = (Ellipsis,) + (slice(m, m + tile),) * nd
+    net = _net(cfg)
+
+    def one(st):
+        x = _windows(fp, nd, tile + 2 * m, st[None])[0]
+        v = _windows(vp, nd, tile + 2 * m, st[None])[0]
+        return net.apply({"params": params}, x, v)[core]
+
+    out = lax.map(one, starts)  # (T, *lead, tile^nd)
+    out = out.reshape(counts + out.shape[1:])  # (*counts, *lead, *tile)
+    perm = [nd + i for i in range(lead)] + [a for i in range(nd) for a in (i, nd + lead + i)]
+    out = out.transpose(perm).reshape(f.shape[:lead] + tuple(c * tile for c in counts))
+    return out[(Ellipsis,) + tuple(slice(0, n) for n in spatial)]
+
+
+class CropSampler(NamedTuple):
+    """Where the training crops of :func:`fit_n2f_crops` come from (a pytree of arrays).
+
+    The image is cut into a grid of ``crop^ndim`` tiles; a crop is one tile plus a halo of
+    ``2 * depth`` pixels of context on every side (``win = crop + 4 * depth``), read from the
+    zero-padded image. Tile ``t`` is drawn with probability ``prob[t]``.
+    """
+
+    fp: jax.Array  # (*lead, *padded) zero-padded image
+    wp: jax.Array  # (*padded) zero-padded region weight
+    vp: jax.Array  # (*padded) 1 inside the image, 0 in the padding
+    starts: jax.Array  # (T, ndim) int32 window corners in the padded image
+    prob: jax.Array  # (T,) tile probabilities (region weight + a small floor)
+    total: jax.Array  # () sum of the region weight
+    inner: jax.Array  # (win^ndim) 1 on the tile, 0 on its halo
+
+
+def crop_sampler(f: jax.Array, w: jax.Array, cfg: TrainConfig) -> CropSampler:
+    """The :class:`CropSampler` of image ``f`` (``(*lead, *s)``) and weight ``w`` (``(*s)``)."""
+    nd, size, halo = cfg.ndim, cfg.crop, 2 * cfg.depth
+    lead = f.ndim - nd
+    spatial = f.shape[lead:]
+    counts = tuple(-(-n // size) for n in spatial)
+    pads = [(halo, c * size - n + halo) for n, c in zip(spatial, counts)]
+    wp = jnp.pad(w, pads)
+    core = wp[tuple(slice(halo, halo + c * size) for c in counts)]
+    mass = jnp.sum(core.reshape(sum(((c, size) for c in counts), ())),
+                   axis=tuple(range(1, 2 * nd, 2))).reshape(-1)
+    total = jnp.sum(w)
+    prob = mass + 1e-3 * (total / mass.size + 1e-6)
+    win = size + 2 * halo
+    inner = jnp.zeros((win,) * nd, f.dtype).at[(slice(halo, halo + size),) * nd].set(1.0)
+    return CropSampler(jnp.pad(f, [(0, 0)] * lead + pads), wp,
+                       jnp.pad(jnp.ones(spatial, f.dtype), pads), _grid(counts, size),
+                       prob / jnp.sum(prob), total, inner)
+
+
+def crop_batch(s: CropSampler, tiles: jax.Array):
+    """Crops of the tiles ``tiles`` (``(n,)`` int): ``(x (n, *lead, win^nd), weight (n, win^nd),
+    valid (n, win^nd))``, the weight of tile ``t`` scaled by ``1 / (prob[t] n total)`` and zero
+    on the halo, so that the expected loss over tiles drawn from ``prob`` is the whole image's."""
+    nd, win = s.inner.ndim, s.inner.shape[0]
+    st = s.starts[tiles]
+    wt = _windows(s.wp, nd, win, st) * s.inner
+    scale = s.prob[tiles] * tiles.shape[0] * s.total + 1e-12
+    return (_windows(s.fp, nd, win, st), wt / scale.reshape((-1,) + (1,) * nd),
+            _windows(s.vp, nd, win, st))
+
+
+def crop_loss(params: Any, x: jax.Array, wt: jax.Array, v: jax.Array, axis: int,
+              cfg: TrainConfig) -> jax.Array:
+    """Noise2Fast loss of a batch of crops (:func:`crop_batch`) for the two checkerboard pairs
+    squeezed along spatial ``axis``: ``sum_pairs sum_i wt_i (D(x)_i - y_i)^2 / channels``.
+
+    With ``B`` tiles drawn from ``prob`` its expectation is the whole image's region-masked
+    loss of that direction, ``sum_pairs sum_i w_i (D(x)_i - y_i)^2 / (sum w * channels)``
+    (the crops see their full receptive field and the border padding of the whole image)."""
+    net, nd = _net(cfg), cfg.ndim
+    tot = 0.0
+    pairs, wpairs, vpairs = (ops.checkerboard_pairs(a, nd, axis) for a in (x, wt, v))
+    for (xi, yi), (_, wi), (vi, _) in zip(pairs, wpairs, vpairs):
+        wi = wi.reshape(wi.shape[:1] + (1,) * (xi.ndim - wi.ndim) + wi.shape[1:])
+        tot = tot + jnp.sum(wi * (net.apply({"params": params}, xi, vi) - yi) ** 2)
+    return tot / max(cfg.channels, 1)
+
+
+class _CropCarry(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    best: jax.Array
+    since_best: jax.Array
+    snaps: Any  # params at the last n_average validations, stacked (ring buffer)
+    n_snaps: jax.Array
+
+
+def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
+    r"""Region-masked Noise2Fast training on crops: the cost of a step does not grow with the
+    image.
+
+    Each Adam step draws ``cfg.batch`` crops (:func:`crop_sampler`: tiles of ``crop^ndim``
+    pixels with a halo of context, tile ``t`` with probability proportional to the region weight
+    it holds plus a small floor). Step ``k`` uses the two checkerboard pairs squeezed along
+    spatial axis ``k mod ndim`` (:func:`crop_loss`), an **unbiased** estimate of the
+    region-masked Noise2Fast loss of eq. (12) on the whole image for that direction (the
+    full-image scheme cycles through the pairs in the same way). Validation scores a fixed set
+    of ``cfg.val_crops`` crops (the expert applied to them, against their noisy pixels, same
+    weighting) every ``val_every`` steps; early stopping as in :func:`fit_n2f`. The output is
+    the expert with the mean of the parameters at the last ``n_average`` validations, applied
+    to the whole image in tiles (:func:`apply_tiled`).
+
+    Returns:
+      ``(params, output, steps)`` as :func:`fit_n2f`.
+    """
+    net = _net(cfg)
+    tx = optax.scale_by_adam()
+    nd, lead = cfg.ndim, f.ndim - cfg.ndim
+    s = crop_sampler(f, w, cfg)
+    logp = jnp.log(s.prob)
+
+    def draw(k, n):
+        return crop_batch(s, jax.random.categorical(k, logp, shape=(n,)))
+
+    grad_fns = [lambda p, b, a=a: jax.grad(crop_loss)(p, *b, a, cfg) for a in range(nd)]
+
+    kv, kt = jax.random.split(key)
+    vx, vw, vv = draw(kv, cfg.val_crops)
+    vw = vw.reshape(vw.shape[:1] + (1,) * lead + vw.shape[1:])
+
+    def score(p):
+        return jnp.sum(vw * (net.apply({"params": p}, vx, vv) - vx) ** 2)
+
+    def train_step(step, carry):
+        p, opt_state = carry
+        g = lax.switch(step % nd, grad_fns, p, draw(jax.random.fold_in(kt, step), cfg.batch))
+        upd, opt_state = tx.update(g, opt_state, p)
+        return jax.tree.map(lambda a, b: a - lr * b, p, upd), opt_state
+
+    def cond(c: _CropCarry):
+        return (c.step < cfg.max_steps) & ((c.step < cfg.min_steps) | (c.since_best < cfg.patience))
+
+    def body(c: _CropCarry):
+        p, opt_state = lax.fori_loop(c.step, c.step + cfg.val_every, train_step,
+                                     (c.params, c.opt_state))
+        sc = score(p)
+        improved = sc < c.best
+        snaps = jax.tree.map(lambda b, a: b.at[c.n_snaps % cfg.n_average].set(a), c.snaps, p)
+        return _CropCarry(p, opt_state, c.step + cfg.val_every, jnp.where(improved, sc, c.best),
+                          jnp.where(improved, 0, c.since_best + cfg.val_every), snaps,
+                          c.n_snaps + 1)
+
+    init = _CropCarry(
+        params=params, opt_state=tx.init(params), step=jnp.asarray(0, jnp.int32),
+        best=jnp.asarray(jnp.inf, jnp.float32), since_best=jnp.asarray(0, jnp.int32),
+        snaps=jax.tree.map(lambda a: jnp.zeros((cfg.n_average,) + a.shape, a.dtype), params),
+        n_snaps=jnp.asarray(0, jnp.int32),
+    )
+    c = lax.while_loop(cond, body, init)
+    n = jnp.clip(c.n_snaps, 1, cfg.n_average)
+    avg = jax.tree.map(lambda b, a: jnp.where(c.n_snaps > 0, jnp.sum(b, 0) / n.astype(b.dtype), a),
+                       c.snaps, c.params)
+    return c.params, apply_tiled(avg, f, "n2f", cfg), c.step
+
+
+def fit(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, kind: str,
+        cfg: TrainConfig):
+    """The W-step of one expert of ``kind``: ``(params, output, steps)``. ``key`` draws the
+    training crops of a CNN expert in ``cfg.mode == "crops"``; nothing else is random."""
+    if kind == "n2f" and cfg.mode == "crops":
+        return fit_n2f_crops(key, params, f, w, lr, cfg)
     if kind == "n2f":
         return fit_n2f(params, f, w, lr, cfg)
     if kind == "linear":
@@ -273,33 +488,36 @@ def fit(params: Any, f: jax.Array, w: jax.Array, lr, kind: str, cfg: TrainConfig
     raise ValueError(f"unknown expert kind {kind!r}; expected one of {KINDS}")
 
 
-def fit_group(params: Any, f: jax.Array, w: jax.Array, lr, kind: str, cfg: TrainConfig, *,
-              batch: str = "map"):
+def fit_group(keys: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, kind: str,
+              cfg: TrainConfig, *, batch: str = "map"):
     """W-step of ``n`` experts of one kind stacked along a leading axis.
 
     Args:
-      params: stacked params (leading axis ``n``); w: ``(n, *s)`` region weights.
+      keys: ``(n,)`` keys; params: stacked params (leading axis ``n``); w: ``(n, *s)`` region
+        weights.
       batch: ``"vmap"`` (one batched program: accelerators) or ``"map"`` (one after the other
         with ``lax.map``: XLA:CPU, where batched convolutions inside loops are slower).
 
     Returns:
       ``(params, outputs (n, *f.shape), steps (n,))``.
     """
-    one = lambda p, wi: fit(p, f, wi, lr, kind, cfg)  # noqa: E731
+    one = lambda k, p, wi: fit(k, p, f, wi, lr, kind, cfg)  # noqa: E731
     if w.shape[0] == 1:  # no batching machinery for a single expert
-        out = one(jax.tree.map(lambda a: a[0], params), w[0])
+        out = one(keys[0], jax.tree.map(lambda a: a[0], params), w[0])
         return jax.tree.map(lambda a: a[None], out)
     if batch == "vmap":
-        return jax.vmap(one)(params, w)
-    return lax.map(lambda a: one(*a), (params, w))
+        return jax.vmap(one)(keys, params, w)
+    return lax.map(lambda a: one(*a), (keys, params, w))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _denoise_whole(params, f, lr, cfg: TrainConfig):
-    return fit_n2f(params, f, jnp.ones(f.shape[f.ndim - cfg.ndim:], f.dtype), lr, cfg)[1]
+def _denoise_whole(key, f, lr, cfg: TrainConfig):
+    w = jnp.ones(f.shape[f.ndim - cfg.ndim:], f.dtype)
+    params = init_params(key, "n2f", cfg)
+    return fit(jax.random.fold_in(key, 1), params, f, w, lr, "n2f", cfg)[1]
 
 
 def denoise(key: jax.Array, f: jax.Array, lr, cfg: TrainConfig) -> jax.Array:
     """Noise2Fast on the whole normalised image ``f`` (one CNN expert, no regions; jitted):
     the paper's denoiser for the threshold start and the sequential baseline."""
-    return _denoise_whole(init_params(key, "n2f", cfg), jnp.asarray(f), jnp.float32(lr), cfg)
+    return _denoise_whole(key, jnp.asarray(f), jnp.float32(lr), cfg)

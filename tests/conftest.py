@@ -8,11 +8,18 @@ run the full compiled scheme with CNN experts share ONE static configuration
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import jax
 import numpy as np
 import pytest
 
 from self2seg_jax import Self2SegConfig
+
+# The CLI turns on JAX's persistent compilation cache; keep it out of the user's cache folder and
+# fresh for every test session (tests that check "this run compiled" need a cold cache).
+os.environ.setdefault("SELF2SEG_CACHE_DIR", tempfile.mkdtemp(prefix="self2seg-test-cache-"))
 
 # One static configuration for every CNN-expert end-to-end test (compiled once per worker).
 TINY_N2F = Self2SegConfig(

@@ -37,6 +37,7 @@ def _const_config(**kw):
         max_outer=30,
         mask_tol=0.0,
         energy_p=0.0,
+        normalise="minmax",  # the scale the slacks below were set on
     )
     base.update(kw)
     return s2s.Self2SegConfig(**base)
@@ -55,7 +56,7 @@ def _cv_image(seed=0, n=24, noise=0.2):
 def _inputs(img, num_classes=2, init="otsu"):
     """What segment hands the compiled scheme: (f, w0, labels0) as jax arrays."""
     a, nd = api.validate_image(img)
-    f, _, _ = api.normalise(a)
+    f, _, _ = api.normalise(a, "minmax")
     st = initialisation.start(None, f, init, num_classes=num_classes, ndim=nd, denoise=None)
     return jnp.asarray(f), jnp.asarray(st.weights), jnp.asarray(st.labels)
 

@@ -523,7 +523,7 @@ def test_validate_image_and_normalise():
     assert nd == 3 and a.shape == (2, 9, 10, 11)
     with pytest.raises(ValueError, match="too small"):
         api.validate_image(np.random.default_rng(0).random((12, 12)), min_size=13)
-    f, lo, hi = api.normalise(np.array([[2.0, 4.0], [6.0, 10.0]]))
+    f, lo, hi = api.normalise(np.array([[2.0, 4.0], [6.0, 10.0]]), "minmax")
     assert f.dtype == np.float32 and (lo, hi) == (2.0, 10.0)
     np.testing.assert_allclose(f, [[0.0, 0.25], [0.5, 1.0]])
 

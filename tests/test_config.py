@@ -69,7 +69,7 @@ def test_int_fields_reject_non_integers(name, value):
 
 @pytest.mark.parametrize("name", _names("int"))
 def test_int_fields_accept_numpy_integers(name):
-    v = 3 if name not in ("data_filter", "linear_size") else 5
+    v = {"data_filter": 5, "linear_size": 5, "crop_size": 16, "tile_size": 16}.get(name, 3)
     cfg = Self2SegConfig(**{name: np.int64(v)})
     assert getattr(cfg, name) == v
 
@@ -125,6 +125,11 @@ BAD_RANGES = [
     ("pd_check_every", 0, "pd_check_every"),
     ("train_min_steps", -1, "train_min_steps must be an integer >= 0"),
     ("train_patience", -1, "train_patience"),
+    ("val_crops", 0, "val_crops must be an integer >= 1"),
+    ("crop_batch", -1, "crop_batch must be an integer >= 0"),
+    ("crop_size", 7, "crop_size must be an even integer >= 8"),
+    ("crop_size", 6, "crop_size"),
+    ("tile_size", 4, "tile_size must be an even integer >= 8"),
     ("learning_rate", 0.0, "learning_rate must be > 0"),
     ("learning_rate", -1e-3, "learning_rate"),
     ("threshold", 0.0, r"threshold must be in \(0, 1\)"),
@@ -262,9 +267,9 @@ def test_config_module_imports_no_jax():
 
 
 def test_backend_policy():
-    assert backend_policy("cpu") == {"conv_impl": "loopsafe", "batch": "map"}
-    assert backend_policy("gpu") == {"conv_impl": "lax", "batch": "vmap"}
-    assert backend_policy("tpu") == {"conv_impl": "lax", "batch": "vmap"}
+    assert backend_policy("cpu") == {"conv_impl": "loopsafe", "batch": "map", "crop_batch": 2}
+    assert backend_policy("gpu") == {"conv_impl": "lax", "batch": "vmap", "crop_batch": 16}
+    assert backend_policy("tpu") == backend_policy("gpu")
     import jax
 
     assert backend_policy() == backend_policy(jax.default_backend())
@@ -318,6 +323,11 @@ def test_spec_derivation():
         conv_impl="loopsafe",
         ndim=2,
         channels=0,
+        mode=cfg.train_mode,
+        crop=32,
+        batch=2,
+        val_crops=16,
+        tile=512,
     )
     assert (s.spacing, s.data_filter, s.blind_spot, s.max_outer, s.warm_start) == (
         None,

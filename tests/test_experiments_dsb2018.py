@@ -214,7 +214,7 @@ def test_run_level_cvstart_uses_chan_vese_start(key):
     (row,) = E.run_level(30, key=key, methods=("self2seg_cvstart",), lams=(0.02,), indices=[21],
                          size=64, base=base)
     p = E.noisy_patches(30, size=64, indices=[21])[0]
-    f = s2s.api.normalise(s2s.api.validate_image(p.noisy)[0])[0]
+    f = s2s.api.normalise(s2s.api.validate_image(p.noisy)[0], base.normalise)[0]
     m0 = f > otsu_threshold(f)
     assert row["init_dice"] == pytest.approx(s2s.metrics.dice(m0, p.gt))
     assert row["start_seconds"] == 0.0

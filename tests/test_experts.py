@@ -220,14 +220,14 @@ def test_unknown_kind_raises(rng):
     with pytest.raises(ValueError, match="unknown expert kind"):
         experts.apply({}, f, "bm3d", cfg)
     with pytest.raises(ValueError, match="unknown expert kind"):
-        experts.fit(None, f, jnp.ones_like(f), 1e-3, "median", cfg)
+        experts.fit(None, None, f, jnp.ones_like(f), 1e-3, "median", cfg)
 
 
 def test_fit_dispatch(rng):
     f = jnp.asarray(rng.random((12, 12)), F32)
     w = jnp.asarray((rng.random((12, 12)) < 0.5), F32)
     fit = jax.jit(
-        lambda f, w, kind, cfg: experts.fit(None, f, w, 1e-3, kind, cfg), static_argnums=(2, 3)
+        lambda f, w, kind, cfg: experts.fit(None, None, f, w, 1e-3, kind, cfg), static_argnums=(2, 3)
     )
     p, den, _ = fit(f, w, "constant", experts.TrainConfig())
     assert float(p["c"]) == pytest.approx(float(jnp.sum(w * f) / jnp.sum(w)), rel=1e-5)
@@ -382,12 +382,12 @@ def test_fit_group_constant_and_linear_equal_separate_fits(batch, rng):
             jax.random.split(jax.random.key(0), 3)
         )
         ps, outs, steps = jax.jit(
-            experts.fit_group, static_argnums=(4, 5), static_argnames="batch"
-        )(p0, f, w, 1e-3, kind, cfg, batch=batch)
+            experts.fit_group, static_argnums=(5, 6), static_argnames="batch"
+        )(jax.random.split(jax.random.key(1), 3), p0, f, w, 1e-3, kind, cfg, batch=batch)
         assert outs.shape == (3, 16, 16) and steps.shape == (3,)
-        fit = jax.jit(experts.fit, static_argnums=(4, 5))
+        fit = jax.jit(experts.fit, static_argnums=(5, 6))
         for i in range(3):
-            pi, oi, _ = fit(None, f, w[i], 1e-3, kind, cfg)
+            pi, oi, _ = fit(None, None, f, w[i], 1e-3, kind, cfg)
             np.testing.assert_allclose(np.asarray(outs[i]), np.asarray(oi), rtol=1e-5, atol=1e-5)
             for a, b in zip(jax.tree.leaves(ps), jax.tree.leaves(pi), strict=True):
                 np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-4, atol=1e-5)
@@ -404,7 +404,8 @@ def test_fit_group_of_one_keeps_the_leading_axis(rng):
     p0 = {"c": jnp.zeros((1,), F32)}
     for batch in ("map", "vmap"):
         ps, outs, steps = experts.fit_group(
-            p0, f, w, 1e-3, "constant", experts.TrainConfig(), batch=batch
+            jax.random.split(jax.random.key(0), 1), p0, f, w, 1e-3, "constant",
+            experts.TrainConfig(), batch=batch
         )
         assert ps["c"].shape == (1,) and outs.shape == (1, 12, 12) and steps.shape == (1,)
         assert float(ps["c"][0]) == pytest.approx(

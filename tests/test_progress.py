@@ -60,7 +60,7 @@ def test_format_event():
 def test_event_of_reads_the_last_iteration(const_config, make_blob):
     img, _ = make_blob(1, 24, 0.1)
     a, _ = api.validate_image(img)
-    f, _, _ = api.normalise(a)
+    f, _, _ = api.normalise(a, "minmax")
     st = initialisation.start(None, f, "otsu", num_classes=2, ndim=2, denoise=None)
     spec = const_config.replace(mask_tol=0.0, energy_p=0.0).spec()
     s = alternating.run(
@@ -102,7 +102,7 @@ def test_compilations_counts_xla_compilations():
 def test_iterate_equals_run_and_calls_back_once_per_iteration(const_config, make_blob):
     img, _ = make_blob(2, 24, 0.15)
     a, _ = api.validate_image(img)
-    f, _, _ = api.normalise(a)
+    f, _, _ = api.normalise(a, "minmax")
     st = initialisation.start(None, f, "otsu", num_classes=2, ndim=2, denoise=None)
     cfg = const_config.replace(mask_tol=0.0, energy_p=0.0, max_outer=5)
     args = (

@@ -171,7 +171,7 @@ def shared_start(key: jax.Array, noisy: np.ndarray, config: Self2SegConfig):
     normalised Noise2Fast output (bool ``(h, w)``) and that output in the input's scale.
     Uses ``key`` as :func:`segment` does (first half of ``jax.random.split(key)``).
     """
-    f, lo, hi = api.normalise(api.validate_image(noisy)[0])
+    f, lo, hi = api.normalise(api.validate_image(noisy)[0], config.normalise)
     k_init, _ = jax.random.split(api.check_key(key))
     den = np.asarray(experts.denoise(k_init, f, config.learning_rate, config.spec().train))
     g = (den - den.min()) / max(float(den.max() - den.min()), 1e-12)
@@ -204,7 +204,7 @@ def _cv_batch(f, m0, lams, hyper, spec, batch):
 
 def chan_vese_sweep(
     images, lams=LAMBDAS, init_masks=None, *, max_outer: int = 30, mask_tol: float = 1e-3,
-    batch: str | None = None,
+    batch: str | None = None, normalise: str = "quantile",
 ) -> np.ndarray:
     """Convex Chan–Vese for every (image, lambda) pair in one compiled call.
 
@@ -213,7 +213,8 @@ def chan_vese_sweep(
     until the slowest pair has converged, which on a CPU costs far more than it saves.
 
     Args:
-      images: ``(n, h, w)`` images (any scale; each is min–max normalised).
+      images: ``(n, h, w)`` images (any scale; each normalised by ``normalise``, as
+        :func:`self2seg_jax.api.normalise`).
       lams: ``(L,)`` TV weights.
       init_masks: ``(n, h, w)`` bool starts; default Otsu of each normalised image.
       max_outer, mask_tol: Chan–Vese alternation stops when at most ``mask_tol`` of the
@@ -221,7 +222,7 @@ def chan_vese_sweep(
     Returns:
       bool ``(n, L, h, w)`` masks.
     """
-    imgs = [api.normalise(api.validate_image(im)[0])[0] for im in images]
+    imgs = [api.normalise(api.validate_image(im)[0], normalise)[0] for im in images]
     if init_masks is None:
         init_masks = [im > otsu_threshold(im) for im in imgs]
     m0 = np.stack([np.asarray(m, np.float32) for m in init_masks])
@@ -357,7 +358,8 @@ def run_level(
     if todo.get("chan_vese"):
         ps = todo["chan_vese"]
         t = time.perf_counter()
-        masks = chan_vese_sweep([p.noisy for p in ps], lams, batch=batch)
+        masks = chan_vese_sweep([p.noisy for p in ps], lams, batch=batch,
+                                normalise=base.normalise)
         dt = (time.perf_counter() - t) / len(ps)
         for p, m in zip(ps, masks):
             emit("chan_vese", p, m, dt)
@@ -378,7 +380,7 @@ def run_level(
     def start_of(method, p):
         """``(f, m0, row fields)`` of a Self2Seg method's start on patch ``p``."""
         if method == "self2seg_cvstart":  # Chan–Vese's start: Otsu of the noisy patch
-            f = api.normalise(api.validate_image(p.noisy)[0])[0]
+            f = api.normalise(api.validate_image(p.noisy)[0], base.normalise)[0]
             m0 = f > otsu_threshold(f)
             return f, m0, {"start_seconds": 0.0, "init_dice": metrics.dice(m0, p.gt)}
         return starts[p.index][0], starts[p.index][1], start_info(p)

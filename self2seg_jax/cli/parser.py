@@ -112,6 +112,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="output folder (created if missing)")
     _add_method_options(p)
     p.add_argument("--seed", type=int, default=None, help="PRNG seed (default 0)")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                   help="do not use the persistent compilation cache (default: on, in "
+                   "$SELF2SEG_CACHE_DIR or the user cache folder: a second run of the same "
+                   "shape skips compiling)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.add_argument("--json", action="store_true",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import warnings as _warnings
@@ -53,6 +54,34 @@ def check_outdir(outdir: Path) -> None:
             pass
     except OSError as e:
         raise CLIError(f"{outdir}: output directory is not writable ({e.strerror or e})") from None
+
+
+def cache_dir() -> Path:
+    """Where the CLI keeps JAX's persistent compilation cache: ``$SELF2SEG_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/self2seg_jax/jax`` (``~/.cache/self2seg_jax/jax``)."""
+    if os.environ.get("SELF2SEG_CACHE_DIR"):
+        return Path(os.environ["SELF2SEG_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "self2seg_jax" / "jax"
+
+
+def use_compile_cache(args) -> None:
+    """Turn on JAX's persistent compilation cache (every compiled program is written, so a
+    later process with same-shape inputs loads instead of compiling); ``--no-compile-cache``
+    leaves it off. An unusable folder only costs the cache, never the run."""
+    if not getattr(args, "compile_cache", True):
+        return
+    import jax
+
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log(args, f"warning: compilation cache disabled ({path}: {e.strerror or e})")
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def read(path: Path, what: str | None = None, allow_nd: bool = False):
@@ -246,6 +275,7 @@ def cmd_segment(args) -> int:
     config, extra = config_from_args(args)
     init_kind, init_val = resolve_init(args, extra)
     check_outdir(args.outdir)
+    use_compile_cache(args)
     kw = layout_options(args)
     nd = bool(kw)
     gt = (read(args.gt, "--gt", nd) > 0) if args.gt is not None else None
@@ -321,6 +351,7 @@ def cmd_demo(args) -> int:
         raise CLIError(f"--noise must be a finite number >= 0, got {noise}")
     config, extra = config_from_args(args)
     check_outdir(args.outdir)
+    use_compile_cache(args)
 
     from self2seg_jax import data
 

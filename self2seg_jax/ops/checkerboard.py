@@ -31,20 +31,22 @@ def _rows_start_odd(spatial: tuple[int, ...], a: int) -> jax.Array:
     return par % 2 == 1
 
 
-def checkerboard_pairs(x: jax.Array, ndim: int = 2) -> tuple[tuple[jax.Array, jax.Array], ...]:
-    """The ``2 * ndim`` Noise2Fast (input, target) pairs of ``x``.
+def checkerboard_pairs(x: jax.Array, ndim: int = 2, axis: int | None = None
+                       ) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """The ``2 * ndim`` Noise2Fast (input, target) pairs of ``x`` (or the two of one ``axis``).
 
     In 2-D: ``x_even[i, j] = x[i, 2j + (i mod 2)]``, ``x_odd[i, j] = x[i, 2j + 1 - (i mod 2)]``
     (the two colours squeezed along x, shape ``(h, w/2)``), then the same squeezed along y.
 
     Args:
       x: ``(*b, *s)``; an odd size along a spatial axis is cropped by one.
+      axis: only the pairs squeezed along this spatial axis (0-based among the ``ndim``).
     """
     x = x[_even_crop(x, ndim)]
     lead = x.ndim - ndim
     spatial = x.shape[lead:]
     pairs = []
-    for a in reversed(range(ndim)):
+    for a in reversed(range(ndim)) if axis is None else (axis,):
         ax = lead + a
         a0 = lax.slice_in_dim(x, 0, None, 2, axis=ax)
         a1 = lax.slice_in_dim(x, 1, None, 2, axis=ax)

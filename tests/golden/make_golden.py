@@ -22,9 +22,12 @@ import self2seg_jax as s2s
 
 HERE = Path(__file__).resolve().parent
 
-# Small CNN settings shared by the cases (compile once per layout where possible).
+# Small CNN settings shared by the cases (compile once per layout where possible), with the
+# defaults of the pre-redesign code pinned (issue 13 changed the defaults of train_mode,
+# normalise and init_denoise; the goldens check behaviour under the settings they were made with).
 NET = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20, train_patience=20,
-           val_every=10, n_average=2)
+           val_every=10, n_average=2, train_mode="full", normalise="minmax", init_denoise=True)
+LEGACY = dict(train_mode="full", normalise="minmax", init_denoise=True)
 
 
 def blob(seed=0, size=32, noise=0.1):
@@ -63,12 +66,14 @@ def volume():
 
 def cases():
     """``name -> (callable returning a Self2SegResult)``."""
-    cfg2 = s2s.Self2SegConfig(lam=0.02, mu=0.0, bg_expert="n2f", init_denoise=False, max_outer=3, **NET)
+    cfg2 = s2s.Self2SegConfig(**{**NET, "init_denoise": False}, lam=0.02, mu=0.0, bg_expert="n2f",
+                              max_outer=3)
     dflt = s2s.Self2SegConfig(max_outer=3, **NET)  # n2f fg + constant bg, mu 0.01, N2F start
-    const = s2s.Self2SegConfig(lam=0.03, mu=0.0, fg_expert="constant", bg_expert="constant",
-                               init_denoise=False, max_outer=30, mask_tol=0.0, energy_p=0.0)
-    lin = s2s.Self2SegConfig(lam=0.02, mu=0.0, fg_expert="linear", bg_expert="linear", linear_size=7,
-                             init_denoise=False)
+    const = s2s.Self2SegConfig(**{**LEGACY, "init_denoise": False}, lam=0.03, mu=0.0,
+                               fg_expert="constant", bg_expert="constant", max_outer=30,
+                               mask_tol=0.0, energy_p=0.0)
+    lin = s2s.Self2SegConfig(**{**LEGACY, "init_denoise": False}, lam=0.02, mu=0.0,
+                             fg_expert="linear", bg_expert="linear", linear_size=7)
     stripes, _, _ = s2s.data.stripes(0, size=64, noise=0.1)
     boxes_stripes = s2s.Boxes(fg=[(24, 24, 40, 40)], bg=[(0, 0, 16, 16)])
     boxes_blob = s2s.Boxes(fg=[(12, 12, 20, 20)], bg=[(0, 0, 6, 6)])
@@ -81,7 +86,8 @@ def cases():
         "filtered": lambda ov={}: s2s.segment(k(0), blob(2, 32, 0.2), config=dflt.replace(data_filter=3, lam=0.005).replace(**ov)),
         "reinit": lambda ov={}: s2s.segment(k(2), blob(0), config=cfg2.replace(warm_start=False).replace(**ov)),
         "constant": lambda ov={}: s2s.segment(k(0), blob(3, 24, 0.25), config=const.replace(**ov)),
-        "chan_vese": lambda ov={}: s2s.chan_vese(blob(4, 24, 0.25), lam=0.05, return_result=True),
+        "chan_vese": lambda ov={}: s2s.chan_vese(blob(4, 24, 0.25), lam=0.05, return_result=True,
+                                                 config=s2s.Self2SegConfig(**LEGACY)),
         "linear_boxes": lambda ov={}: s2s.segment(k(0), stripes, init=boxes_stripes, config=lin.replace(**ov)),
         "cnn_boxes": lambda ov={}: s2s.segment(k(0), blob(5), init=boxes_blob, config=cfg2.replace(**ov)),
         "blind_spot": lambda ov={}: s2s.segment(k(0), blob(6), config=cfg2.replace(data_term="blind_spot").replace(**ov)),

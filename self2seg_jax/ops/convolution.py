@@ -61,11 +61,24 @@ def _conv_bwd(res, g):
 conv_loopsafe.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _conv3d_by_slices(x: jax.Array, w: jax.Array) -> jax.Array:
+    """A 3-D ``SAME`` convolution as ``k_z`` 2-D loop-safe convolutions over z-shifted slices:
+    XLA:CPU runs 2-D convolutions about three times faster than 3-D ones (measured)."""
+    n, d = x.shape[:2]
+    r = w.shape[0] // 2
+    xp = jnp.pad(x, [(0, 0), (r, r)] + [(0, 0)] * 3)
+    out = None
+    for t in range(w.shape[0]):
+        y = conv_loopsafe(xp[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t])
+        out = y if out is None else out + y
+    return out.reshape((n, d) + out.shape[1:])
+
+
 def conv(x: jax.Array, w: jax.Array, *, impl: str = "lax") -> jax.Array:
     """``SAME`` stride-1 convolution; ``impl`` ``"lax"`` (XLA's) or ``"loopsafe"``
-    (:func:`conv_loopsafe`)."""
+    (:func:`conv_loopsafe`; volumes as sums of 2-D slice convolutions, faster on CPU)."""
     if impl == "loopsafe":
-        return conv_loopsafe(x, w)
+        return _conv3d_by_slices(x, w) if x.ndim == 5 else conv_loopsafe(x, w)
     if impl == "lax":
         return _conv_same(x, w)
     raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")

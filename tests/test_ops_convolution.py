@@ -1,4 +1,4 @@
-"""self2seg_jax.ops.conv: the experts' SAME convolution (XLA's and the loop-safe backward pass),
+"""self2seg_jax.ops.convolution: the experts' SAME convolution (XLA's and the loop-safe backward pass),
 and the mean filter K_sigma of the filtered data terms, in 2-D and 3-D."""
 
 from __future__ import annotations
@@ -196,6 +196,4 @@ def test_backend_policy_matches_backend():
     pol = config.backend_policy()
     assert pol["conv_impl"] == ("loopsafe" if cpu else "lax")
     assert pol["batch"] == ("map" if cpu else "vmap")
-    assert config.backend_policy("cpu") == {"conv_impl": "loopsafe", "batch": "map"}
-    assert config.backend_policy("gpu") == {"conv_impl": "lax", "batch": "vmap"}
     assert pol["conv_impl"] in ("lax", "loopsafe")  # both are valid ops.conv impls

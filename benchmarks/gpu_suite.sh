@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one short call on a lent GPU machine (under 8 minutes), writing JSON
+# (and a plot) to $OUT (the device tool's folder) or benchmarks/results/gpu/.
+#
+#   run(command="bash benchmarks/gpu_suite.sh", timeout_s=540)
+#
+# The machine's image has JAX with CUDA, Flax, Optax, tifffile, scikit-image and matplotlib but
+# not this package: it runs from the source tree (PYTHONPATH). Steps:
+#   1. the devices JAX sees and nvidia-smi's view of them;
+#   2. bench_scaling on 128^2 (the comparison patch), 512^2 and 2048^2 (mirror-tiled sample):
+#      default config (backend policy: XLA convolutions, vmapped experts, larger crop batches)
+#      and the full-image training mode up to 512^2 — cold and warm times, phases, Dice.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+out="${OUT:-benchmarks/results/gpu}"
+mkdir -p "$out"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
+} 2>&1 | tee "$out/devices.txt"
+timeout 420 python3 benchmarks/bench_scaling.py --sizes 512 2048 --methods default full \
+    --full-max-size 512 --out "$out" 2>&1 | tee "$out/scaling.log"
+echo "gpu_suite: done (exit $?)"
