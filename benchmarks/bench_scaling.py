@@ -68,8 +68,8 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_self2seg(size: int, mode: str) -> dict:
-    """One method on one size, in this (fresh) process."""
+def run_self2seg(size: int, mode: str, cold_only: bool = False) -> dict:
+    """One method on one size, in this (fresh) process (``cold_only``: the first call alone)."""
     import jax
     import jax.numpy as jnp
 
@@ -82,6 +82,11 @@ def run_self2seg(size: int, mode: str) -> dict:
     t0 = time.perf_counter()
     r1 = s2s.segment(jax.random.key(0), noisy, config=cfg, volume=vol)
     cold = time.perf_counter() - t0
+    if cold_only:
+        return {"size": abs(size), "case": case_name(size), "method": mode,
+                "cold_s": round(cold, 2), "dice_first_call": round(s2s.metrics.dice(r1.mask, gt), 4),
+                "num_outer": int(r1.num_outer), "status": r1.status,
+                "train_steps": int(r1.train_steps.sum()), "peak_rss_mib": round(_peak_rss_mib(), 1)}
     # warm call, driven step by step to split the phases (same compiled pieces as segment)
     t0 = time.perf_counter()
     a, nd = api.validate_image(noisy, volume=vol)
@@ -169,13 +174,15 @@ def main(argv=None) -> int:
                     help="also the bundled 3-D stack (default config and Otsu)")
     ap.add_argument("--timeout", type=float, default=900.0,
                     help="seconds per run (a run past it is recorded as timed out)")
+    ap.add_argument("--cold-only", action="store_true",
+                    help="only the first (compiling) call per run: for the largest sizes")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--one", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:  # child process
         size, method = int(args.one[0]), args.one[1]
         run = {"skimage_cv": run_skimage, "otsu": run_otsu}.get(method)
-        row = run(size) if run else run_self2seg(size, method)
+        row = run(size) if run else run_self2seg(size, method, args.cold_only)
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
     rows = []
     for size, method in cases:
         try:
-            p = subprocess.run([sys.executable, __file__, "--one", str(size), method],
+            p = subprocess.run([sys.executable, __file__, "--one", str(size), method]
+                               + (["--cold-only"] if args.cold_only else []),
                                capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
             rows.append({"size": abs(size), "case": case_name(size), "method": method,

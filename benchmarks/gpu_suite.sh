@@ -9,7 +9,8 @@
 #   1. the devices JAX sees and nvidia-smi's view of them;
 #   2. bench_scaling on 128^2 (the comparison patch), 512^2 and 2048^2 (mirror-tiled sample):
 #      default config (backend policy: XLA convolutions, vmapped experts, larger crop batches)
-#      and the full-image training mode up to 512^2 — cold and warm times, phases, Dice.
+#      and the full-image training mode up to 512^2, and the bundled 3-D stack — cold and warm
+#      times, phases, Dice (each run in its own process, 150 s at most).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -18,6 +19,6 @@ mkdir -p "$out"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
 } 2>&1 | tee "$out/devices.txt"
-timeout 420 python3 benchmarks/bench_scaling.py --sizes 512 2048 --methods default full \
-    --full-max-size 512 --out "$out" 2>&1 | tee "$out/scaling.log"
+timeout 450 python3 benchmarks/bench_scaling.py --sizes 512 2048 --methods default full \
+    --full-max-size 512 --volume --timeout 150 --out "$out" 2>&1 | tee "$out/scaling.log"
 echo "gpu_suite: done (exit $?)"

@@ -180,7 +180,7 @@ batch several times slower than a single run, so the sweep uses its own, shorter
 code(r"""
 from self2seg_jax.api import normalise, validate_image
 
-f32, _, _ = normalise(validate_image(noisy)[0])          # (h, w) float32 in [0, 1]
+f32, _, _ = normalise(validate_image(noisy)[0], config.normalise)          # (h, w) float32 in [0, 1]
 m0 = jnp.asarray(res.init_mask, jnp.float32)              # the initial mask used above
 w0 = jnp.stack([1.0 - m0, m0])                            # (C, h, w) region weights, bg first
 labels0 = m0.astype(jnp.int32)                            # (h, w) initial labels
@@ -271,7 +271,7 @@ code(r"""
 import optax
 from self2seg_jax import api
 
-f, lo, hi = api.normalise(api.validate_image(noisy)[0])
+f, lo, hi = api.normalise(api.validate_image(noisy)[0], config.normalise)
 d_fg = jnp.asarray((f - (res.denoised_fg - lo) / (hi - lo)) ** 2)
 d_bg = jnp.asarray((f - (res.denoised_bg - lo) / (hi - lo)) ** 2)
 u_ref = jnp.asarray(res.init_mask, jnp.float32)

@@ -1,7 +1,8 @@
 """User-facing configuration of Self2Seg: :class:`Self2SegConfig`, the one place where every
 setting is declared, checked and documented.
 
-The image is min–max normalised to ``[0, 1]`` inside :func:`self2seg_jax.segment`, and the
+The image is scaled to ``[0, 1]`` inside :func:`self2seg_jax.segment` (its 0.1 and 99.9
+percentiles, beyond clipped; ``normalise="minmax"``: min and max, as the paper), and the
 energy (paper eq. (5)) **sums** squared residuals over pixels. ``lam`` is therefore the price
 of one pixel of boundary length measured in squared ``[0, 1]`` intensity: a pixel joins the
 foreground when its foreground expert's squared error is lower than the background expert's
@@ -98,17 +99,18 @@ class Self2SegConfig:
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
     learning_rate: float = _opt(1e-3, "Adam step size of CNN experts", metavar="LR")
-    train_max_steps: int = _opt(400, "max Adam steps per expert training", flag="--train-steps",
+    train_max_steps: int = _opt(150, "max Adam steps per expert training", flag="--train-steps",
                                 metavar="N")
-    train_min_steps: int = _opt(100, "Adam steps always taken before early stopping (at most "
+    train_min_steps: int = _opt(50, "Adam steps always taken before early stopping (at most "
                                 "train_max_steps)", cli=False)
-    train_patience: int = _opt(100, "stop training when the validation score has not improved "
+    train_patience: int = _opt(50, "stop training when the validation score has not improved "
                                "for this many steps", cli=False)
-    val_every: int = _opt(10, "Adam steps between validations (full-image forward passes)",
+    val_every: int = _opt(10, "Adam steps between validations (train_mode full: the whole "
+                          "image; crops: the fixed validation crops)", cli=False)
+    n_average: int = _opt(10, "number of last validations averaged into an expert's output "
+                          "(full: their outputs, as Noise2Fast; crops: their parameters)",
                           cli=False)
-    n_average: int = _opt(10, "number of last validation outputs averaged into an expert's "
-                          "output (Noise2Fast)", cli=False)
-    train_mode: str = _opt("full", "expert training: on crops with a fixed pixel budget per step "
+    train_mode: str = _opt("crops", "expert training: on crops with a fixed pixel budget per step "
                            "(crops; cost independent of the image size) or on whole checkerboard "
                            "half-images (full; Noise2Fast)")
     crop_size: int = _opt(32, "side of a training crop in 2-D (volumes: crops with as many "
@@ -134,7 +136,7 @@ class Self2SegConfig:
                                 "here)", cli=False)
     isotropic_tv: bool = _opt(True, "isotropic TV (paper) or anisotropic TV (exact thresholding "
                               "theorem)", cli=False)
-    init_denoise: bool = _opt(True, "for Otsu / threshold starts, threshold the "
+    init_denoise: bool = _opt(False, "for Otsu / threshold starts, threshold the "
                               "Noise2Fast-denoised image (the paper's DSB2018 protocol)")
     conv_impl: str = _opt("auto", "convolution of CNN experts: auto (backend policy), lax or "
                           "loopsafe", cli=False)
@@ -150,10 +152,12 @@ class Self2SegConfig:
 
     @classmethod
     def paper(cls, **overrides) -> Self2SegConfig:
-        """The authors' configuration: two 64-channel 8-layer Noise2Fast experts,
+        """The authors' configuration: min–max normalisation, the Otsu start of the
+        Noise2Fast-denoised image, whole-image training of two 64-channel 8-layer experts,
         re-initialised every W-step, validation after every step with patience 100, output
         averaged over the last 100 validations, up to 8000 primal–dual iterations."""
         base = dict(mu=0.0, fg_expert="n2f", bg_expert="n2f", net_width=64, net_depth=8,
+                    normalise="minmax", train_mode="full", init_denoise=True,
                     train_max_steps=3000, train_min_steps=100, train_patience=100, val_every=1,
                     n_average=100, warm_start=False, max_outer=10, pd_max_iter=8000, pd_tol=1e-5,
                     pd_accelerated=True)

@@ -236,8 +236,10 @@ def smooth_noisy():
 
 
 def test_denoise_n2f_improves_psnr(smooth_noisy, tiny_n2f_config):
+    """(Whole-image training: with the tiny budget of 40 steps, crop training's gain on this
+    32x32 image depends on the key — 17.2..24.0 dB over five keys.)"""
     clean, noisy = smooth_noisy
-    tiny_n2f_config = tiny_n2f_config.replace(learning_rate=1e-2)  # traced: no new compilation
+    tiny_n2f_config = tiny_n2f_config.replace(learning_rate=1e-2, train_mode="full")  # traced: no new compilation
     key = jax.random.key(0)
     den = s2s.denoise_n2f(key, noisy, config=tiny_n2f_config)
     assert den.shape == noisy.shape and den.dtype == np.float32
@@ -258,7 +260,7 @@ def test_denoise_n2f_improves_psnr(smooth_noisy, tiny_n2f_config):
 
 def test_sequential_is_denoise_then_chan_vese(smooth_noisy, tiny_n2f_config):
     clean, noisy = smooth_noisy
-    tiny_n2f_config = tiny_n2f_config.replace(learning_rate=1e-2)
+    tiny_n2f_config = tiny_n2f_config.replace(learning_rate=1e-2, train_mode="full")
     key = jax.random.key(0)
     mask, den = s2s.sequential(key, noisy, lam=0.02, config=tiny_n2f_config, max_outer=10)
     assert mask.dtype == np.bool_ and mask.shape == noisy.shape

@@ -163,7 +163,7 @@ def test_chan_vese_sweep_equals_single_calls():
 
 def test_sweep_equals_separate_runs_and_shares_first_wstep(key):
     p = E.noisy_patches(30, size=64, indices=[21])[0]
-    cfg = s2s.Self2SegConfig(**TINY)
+    cfg = s2s.Self2SegConfig(**TINY, init_denoise=True)  # segment's start = the shared start
     f, m0, _ = E.shared_start(key, p.noisy, cfg)
     lams = (0.01, 0.03)
     r = E.self2seg_sweep(key, f, m0, lams, config=cfg, batch="map")
