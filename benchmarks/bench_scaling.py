@@ -165,7 +165,7 @@ def run_otsu(size: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
     ap.add_argument("--methods", nargs="+", default=["default", "full", "skimage_cv"])
     ap.add_argument("--full-max-size", type=int, default=512,
                     help="largest size for the full-image training mode (slow)")
