@@ -11,8 +11,9 @@ method runs in a FRESH subprocess (so "cold" includes compiling and peak RSS is 
   mu in {0.05, 0.1, 0.2, 0.4} by Dice (an oracle choice, as in the issue's table).
 
 Per run: cold time (first call, compilation included), warm time (second call, new key),
-the phase split of the warm call (start, W-steps, u-steps: the outer loop is driven step by
-step with the same compiled pieces), peak RSS, Dice, outer iterations. Writes
+the phase split of a warm run (start, W-steps, u-steps: the outer loop driven step by step
+with separately jitted W- and u-steps, compiled before timing; the start's time includes its
+compilation), peak RSS, Dice, outer iterations. Writes
 ``results/scaling/scaling.json`` and ``scaling.png`` (log–log time vs pixels, fitted exponent
 between 256^2 and 2048^2); the 128^2 patch of the original-code comparison (rows 256–384,
 cols 128–256) is run as its own case (``patch128``) so its ratio to the original's 265 s can
@@ -104,6 +105,7 @@ def run_self2seg(size: int, mode: str, cold_only: bool = False) -> dict:
     w_jit = jax.jit(alternating.w_step, static_argnames="spec")
     u_jit = jax.jit(alternating.u_step, static_argnames="spec")
     hyper = cfg.hyper()
+    jax.block_until_ready(u_jit(s, w_jit(s, fj, hyper, spec), fj, hyper, spec))  # compile both
     t_w = t_u = 0.0
     while int(s.status) == alternating.RUNNING:
         t = time.perf_counter()

@@ -1,0 +1,102 @@
+"""The development study behind the defaults: variants of the configuration on SYNTHETIC
+nuclei images only (``self2seg_jax.data.synthetic_nuclei``; never the reported DSB2018 data).
+
+Cells: noise std 10, 30, 50 (0..255 scale) x (128^2, seeds 0-3; 512^2, seeds 0-1); image
+seed ``1000 + s``, key ``jax.random.key(s)``. Each variant is the default configuration with
+the listed changes; every variant runs with ``crop_batch=--crop-batch`` (default 2, the CPU
+policy) so that a GPU run studies the CPU's algorithm. Prints and writes per-image rows and a
+summary (mean Dice per cell and overall, mean warm seconds, outer iterations, Adam steps) to
+``results/dev_defaults/``. The variant list is fixed here, before the runs.
+
+    python benchmarks/dev_defaults.py                  # a few minutes on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import self2seg_jax as s2s
+from self2seg_jax import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "dev_defaults"
+VARIANTS = {
+    "default": {},
+    "short_later_wsteps": dict(train_min_steps=20, train_patience=20),
+    "max_steps_300": dict(train_max_steps=300, train_min_steps=100, train_patience=100),
+    "denoised_start": dict(init_denoise=True),
+    "minmax": dict(normalise="minmax"),
+    "full_training": dict(train_mode="full"),
+    "lam_0.02": dict(lam=0.02),
+    "lam_0.05": dict(lam=0.05),
+}
+CELLS = [(n, size, seeds) for n in (10.0, 30.0, 50.0)
+         for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1)))]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--crop-batch", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore", RuntimeWarning)
+    images = {(n, size, sd): s2s.data.synthetic_nuclei(1000 + sd, (size, size), noise=n)
+              for n, size, seeds in CELLS for sd in seeds}
+    rows = []
+    for name in args.variants:
+        cfg = s2s.Self2SegConfig(crop_batch=args.crop_batch, **VARIANTS[name])
+        compiled = set()
+        for (n, size, sd), (noisy, _, gt) in images.items():
+            if size not in compiled:  # compile outside the timing
+                s2s.segment(jax.random.key(99), noisy, config=cfg)
+                compiled.add(size)
+            t = time.perf_counter()
+            r = s2s.segment(jax.random.key(sd), noisy, config=cfg)
+            dt = time.perf_counter() - t
+            rows.append({"variant": name, "noise": n, "size": size, "seed": sd,
+                         "dice": round(s2s.metrics.dice(r.mask, gt), 4),
+                         "init_dice": round(s2s.metrics.dice(r.init_mask, gt), 4),
+                         "seconds": round(dt, 3), "num_outer": int(r.num_outer),
+                         "train_steps": int(r.train_steps.sum())})
+        cells = {}
+        for n, size, _ in CELLS:
+            d = [r["dice"] for r in rows if r["variant"] == name and r["noise"] == n
+                 and r["size"] == size]
+            cells[f"n{n:g}_{size}"] = round(float(np.mean(d)), 4)
+        mine = [r for r in rows if r["variant"] == name]
+        print(json.dumps({"variant": name, "mean_over_cells": round(float(np.mean(list(
+            cells.values()))), 4), "cells": cells,
+            "seconds": round(float(np.mean([r["seconds"] for r in mine])), 3),
+            "outer": round(float(np.mean([r["num_outer"] for r in mine])), 2),
+            "steps": round(float(np.mean([r["train_steps"] for r in mine])), 1)}), flush=True)
+    summary = {}
+    for name in args.variants:
+        mine = [r for r in rows if r["variant"] == name]
+        cells = {f"n{n:g}_{size}": round(float(np.mean(
+            [r["dice"] for r in mine if r["noise"] == n and r["size"] == size])), 4)
+            for n, size, _ in CELLS}
+        summary[name] = {"changes": VARIANTS[name], "cells": cells,
+                         "mean_over_cells": round(float(np.mean(list(cells.values()))), 4),
+                         "seconds": round(float(np.mean([r["seconds"] for r in mine])), 3),
+                         "steps": round(float(np.mean([r["train_steps"] for r in mine])), 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (args.out / "summary.json").write_text(json.dumps(
+        {"summary": summary, "crop_batch": args.crop_batch,
+         "machine": provenance.provenance(ROOT),
+         "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:]))},
+        indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
