@@ -49,6 +49,7 @@ def format_event(ev: Event) -> str:
             f"{ev.pd_iters}, train steps {list(ev.train_steps)}")
 
 
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_retrieval_time_sec"
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
@@ -59,12 +60,22 @@ def compilations() -> Iterator[dict]:
     the persistent compilation cache is not compiled and is not counted."""
     import jax
 
-    seen = {"count": 0, "seconds": 0.0}
+    seen = {"count": 0, "seconds": 0.0, "cache_hits": 0}
+    raw = {"compiles": 0, "compile_s": 0.0, "hits": 0, "hit_s": 0.0}
 
     def listener(event, duration, **_):
+        # a cache hit is also reported as a backend compile (of its retrieval time): subtract it
         if event == _COMPILE_EVENT:
-            seen["count"] += 1
-            seen["seconds"] += duration
+            raw["compiles"] += 1
+            raw["compile_s"] += duration
+        elif event == _CACHE_HIT_EVENT:
+            raw["hits"] += 1
+            raw["hit_s"] += duration
+        else:
+            return
+        seen["count"] = max(raw["compiles"] - raw["hits"], 0)
+        seen["seconds"] = max(raw["compile_s"] - raw["hit_s"], 0.0) if seen["count"] else 0.0
+        seen["cache_hits"] = raw["hits"]
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:

@@ -660,3 +660,25 @@ def test_subprocess_json_and_errors(tmp_path):
     # no command: usage on stderr, exit 2
     p = _subprocess([], tmp_path)
     assert p.returncode == 2 and "usage: self2seg" in p.stderr and p.stdout == ""
+
+
+def test_subprocess_persistent_compilation_cache(tmp_path):
+    """A second process on a same-shape image loads the compiled programs from the cache folder
+    (no compilation reported); --no-compile-cache writes nothing there."""
+    img = write_blob(tmp_path, "c.tif", size=SIZE + 6)  # a shape of its own
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MPLBACKEND="Agg", SELF2SEG_CACHE_DIR=str(cache))
+
+    def go(out, *extra):
+        p = subprocess.run([sys.executable, "-m", "self2seg_jax.cli", "segment", str(img), "-o",
+                            str(tmp_path / out), "--quiet", *extra, *CONST], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads((tmp_path / out / "c_report.json").read_text())["timings"]
+
+    go("off", "--no-compile-cache")
+    assert not cache.exists() or not any(cache.iterdir())
+    first = go("o1")
+    assert first["includes_compilation"] is True and any(cache.iterdir())
+    second = go("o2")
+    assert second["includes_compilation"] is False and second["compile_s"] == 0

@@ -191,7 +191,7 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
         log(args, f"  {name}: warning: {m}")
     t = time.perf_counter() - t0
     timings = {"segment_s": round(t, 4), "compile_s": round(watch["seconds"], 4),
-               "includes_compilation": watch["count"] > 0}
+               "includes_compilation": watch["count"] > 0, "cache_hits": watch["cache_hits"]}
     return res, timings, msgs
 
 
