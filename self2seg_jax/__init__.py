@@ -22,14 +22,15 @@ _LAZY_NAMES = {
     "Self2SegConfig": "self2seg_jax.config",
     "Self2SegResult": "self2seg_jax.api",
     "segment": "self2seg_jax.api",
+    "segment_batch": "self2seg_jax.batch",
     "chan_vese": "self2seg_jax.baselines",
     "denoise_n2f": "self2seg_jax.baselines",
     "sequential": "self2seg_jax.baselines",
     "relaxed_mask": "self2seg_jax.diff",
 }
 _SUBMODULES = {
-    "alternating", "api", "baselines", "cli", "config", "data", "diff", "energy", "experts",
-    "initialisation", "io", "metrics", "ops", "pdhg", "progress", "provenance", "viz",
+    "alternating", "api", "batch", "baselines", "cli", "config", "data", "diff", "energy",
+    "experts", "initialisation", "io", "metrics", "ops", "pdhg", "progress", "provenance", "viz",
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "progress",
     "relaxed_mask",
     "segment",
+    "segment_batch",
     "segment_multiclass",
     "sequential",
 ]

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,10 @@ class Self2SegResult:
     Derived (properties): ``mask = labels > 0``; ``u = 1 - probabilities[0]`` (the relaxed
     foreground); ``denoised_fg = expert_outputs[1]``, ``denoised_bg = expert_outputs[0]``;
     ``init_mask = init_labels > 0``.
+
+    From :func:`self2seg_jax.segment_batch` (``batched=True``): every array has a leading
+    batch axis ``B``; ``num_outer`` is ``(B,)`` int, ``status`` a tuple of ``B`` strings, and the
+    per-iteration arrays are padded to ``max_outer`` rows (NaN energies, zeros elsewhere).
     """
 
     labels: np.ndarray
@@ -61,6 +66,10 @@ class Self2SegResult:
     pd_iterations: np.ndarray
     train_steps: np.ndarray
     init_labels: np.ndarray
+    batched: bool = False
+
+    def _class(self, a: np.ndarray, k: int) -> np.ndarray:
+        return a[:, k] if self.batched else a[k]
 
     @property
     def mask(self) -> np.ndarray:
@@ -68,15 +77,15 @@ class Self2SegResult:
 
     @property
     def u(self) -> np.ndarray:
-        return 1.0 - self.probabilities[0]
+        return 1.0 - self._class(self.probabilities, 0)
 
     @property
     def denoised_fg(self) -> np.ndarray:
-        return self.expert_outputs[1]
+        return self._class(self.expert_outputs, 1)
 
     @property
     def denoised_bg(self) -> np.ndarray:
-        return self.expert_outputs[0]
+        return self._class(self.expert_outputs, 0)
 
     @property
     def init_mask(self) -> np.ndarray:
@@ -260,15 +269,49 @@ def segment(
       >>> res.mask.shape, res.mask.dtype
       ((64, 64), dtype('bool'))
     """
+    _check_config(config)
+    callback = progress if progress is not None else (_print_progress if config.progress else None)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"progress must be a callable taking a progress.Event, got {callback!r}")
+    p = prepare(key, image, init=init, config=config, num_classes=num_classes,
+                channel_axis=channel_axis, volume=volume, spacing=spacing,
+                class_experts=class_experts)
+    args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
+            config.hyper(), p.spec)
+    state = alternating.run(*args) if callback is None else alternating.iterate(*args, callback)
+    result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
+                          channel_axis=p.channel_axis)
+    check_pd_cap(result.pd_iterations, config)
+    return result
+
+
+def _check_config(config) -> None:
     if not isinstance(config, Self2SegConfig):
         raise ValueError(f"config must be a Self2SegConfig, got {type(config).__name__}")
+
+
+class Prepared(NamedTuple):
+    """Everything :func:`segment` computes before the compiled scheme runs (host side)."""
+
+    spec: alternating.Spec
+    k_run: jax.Array
+    f: np.ndarray  # normalised image, channel-first
+    start: initialisation.Start
+    lo: float
+    hi: float
+    channel_axis: int | None  # of the input, non-negative
+
+
+def prepare(key, image, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
+            num_classes: int = 2, channel_axis: int | None = None, volume: bool = False,
+            spacing=None, class_experts=None) -> Prepared:
+    """Validate, normalise and start one image (the steps of :func:`segment` before the
+    scheme; raises ``ValueError`` on bad input before anything is compiled)."""
+    _check_config(config)
     c = _check_num_classes(num_classes)
     a, nd = validate_image(image, channel_axis=channel_axis, volume=volume)
     sp = _check_spacing(spacing, nd)
     channels = a.shape[0] if channel_axis is not None else 0
-    callback = progress if progress is not None else (_print_progress if config.progress else None)
-    if callback is not None and not callable(callback):
-        raise ValueError(f"progress must be a callable taking a progress.Event, got {callback!r}")
     spec = config.spec(num_classes=c, ndim=nd, channels=channels, spacing=sp,
                        class_experts=class_experts)
     check_size(a.shape[a.ndim - nd:], config.min_image_size(spec.kinds))
@@ -279,13 +322,8 @@ def segment(
     if config.init_denoise:
         denoise = lambda k, x: experts.denoise(k, x, config.learning_rate, spec.train)  # noqa: E731
     start = initialisation.start(k_init, f, init, num_classes=c, ndim=nd, denoise=denoise)
-    args = (k_run, jnp.asarray(f), jnp.asarray(start.weights), jnp.asarray(start.labels),
-            config.hyper(), spec)
-    state = alternating.run(*args) if callback is None else alternating.iterate(*args, callback)
-    result = build_result(state, spec, lo=lo, hi=hi, init_labels=start.labels,
-                          channel_axis=None if channel_axis is None else channel_axis % (nd + 1))
-    _check_pd_cap(result.pd_iterations, config)
-    return result
+    return Prepared(spec, k_run, f, start, lo, hi,
+                    None if channel_axis is None else channel_axis % (nd + 1))
 
 
 segment_multiclass = segment  # the 0.1 name of the multi-class entry point (same function)
@@ -323,7 +361,7 @@ def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float,
     )
 
 
-def _check_pd_cap(pd_iters, config: Self2SegConfig) -> None:
+def check_pd_cap(pd_iters, config: Self2SegConfig) -> None:
     """Warn (``RuntimeWarning``) when a mask step stopped at ``pd_max_iter`` instead of at
     ``pd_tol``: its relaxed mask can be far from the minimiser (e.g. still empty)."""
     check = config.pd_check_every

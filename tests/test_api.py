@@ -463,7 +463,9 @@ def test_result_fields(tiny_n2f_result, tiny_n2f_config):
         "pd_iterations",
         "train_steps",
         "init_labels",
+        "batched",
     }
+    assert res.batched is False
     assert res.labels.dtype == np.int32 and res.labels.shape == (32, 32)
     assert res.probabilities.dtype == np.float32 and res.probabilities.shape == (2, 32, 32)
     assert res.mask.dtype == np.bool_ and res.mask.shape == (32, 32)

@@ -1,0 +1,148 @@
+"""Batches of same-shape images in one compiled call, sharded over the devices of a mesh.
+
+:func:`segment_batch` validates, normalises and starts every image on the host exactly as
+:func:`self2seg_jax.segment` does (image ``i`` with key ``jax.random.split(key, B)[i]``), then
+runs the one alternating scheme ``vmap``-ped over the batch in one jitted program whose batch
+axis is sharded over a 1-D device mesh (axis ``"batch"``; default: every device). A batch whose
+size is not a multiple of the device count is padded with copies of its last image and
+unpadded on return.
+
+Under ``vmap`` the outer ``while_loop`` (and each W-step's training loop) runs until the
+slowest member has stopped; members that stopped earlier keep their state (JAX's batching rule
+selects it), so each image's result is that of its own run, but the compute of the extra
+iterations is spent.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from self2seg_jax import alternating, api
+from self2seg_jax.config import Self2SegConfig
+
+AXIS = "batch"
+
+
+def batch_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``"batch"`` over ``devices`` (default: ``jax.devices()``)."""
+    devs = np.asarray(jax.devices() if devices is None else list(devices))
+    return Mesh(devs.reshape(-1), (AXIS,))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec):
+    """:func:`self2seg_jax.alternating.run` over a leading batch axis of ``keys`` ``(B,)``,
+    ``f`` ``(B, ...)``, ``w0`` ``(B, C, *s)``, ``labels0`` ``(B, *s)`` (one ``hyper``).
+    Returns the batched final :class:`~self2seg_jax.alternating.State`; its sharding follows
+    the inputs'."""
+    return jax.vmap(lambda k, a, w, lab: alternating.run(k, a, w, lab, hyper, spec))(
+        keys, f, w0, labels0)
+
+
+def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
+                  num_classes: int = 2, channel_axis: int | None = None, volume: bool = False,
+                  spacing=None, class_experts=None, mesh: Mesh | None = None
+                  ) -> api.Self2SegResult:
+    """Self2Seg on ``B`` same-shape images in one compiled call.
+
+    Args:
+      key: ``jax.random.key``; image ``i`` uses ``jax.random.split(key, B)[i]`` and gets the
+        result of ``segment(keys[i], images[i], ...)`` (up to the float rounding of batched
+        convolutions: a pixel or two of a mask may differ).
+      images: ``(B, *image)`` array or a sequence of ``B`` arrays of one shape; each image as
+        :func:`self2seg_jax.segment` takes it (``channel_axis`` counts the image's axes).
+      init: one start for every image (``"otsu"``, a threshold, :class:`Boxes`, ...) or a
+        list of ``B`` starts.
+      mesh: a 1-D :class:`jax.sharding.Mesh` with axis ``"batch"`` (default:
+        :func:`batch_mesh` over every device).
+      Other arguments: as :func:`self2seg_jax.segment` (no progress callback).
+
+    Returns:
+      :class:`~self2seg_jax.Self2SegResult` with ``batched=True`` (a leading batch axis).
+
+    Raises:
+      ValueError: an empty batch, images of different shapes, a mesh without a ``"batch"``
+        axis, or any error :func:`self2seg_jax.segment` raises for one image (named by index).
+    """
+    imgs = _as_batch(images)
+    b = len(imgs)
+    inits = list(init) if isinstance(init, (list, tuple)) else [init] * b
+    if len(inits) != b:
+        raise ValueError(f"init: got {len(inits)} starts for {b} images")
+    keys = jax.random.split(api.check_key(key), b)
+    prepared = []
+    for i, (img, ini) in enumerate(zip(imgs, inits)):
+        try:
+            prepared.append(api.prepare(keys[i], img, init=ini, config=config,
+                                        num_classes=num_classes, channel_axis=channel_axis,
+                                        volume=volume, spacing=spacing,
+                                        class_experts=class_experts))
+        except ValueError as e:
+            raise ValueError(f"image {i}: {e}") from None
+    spec = prepared[0].spec
+    mesh = batch_mesh() if mesh is None else mesh
+    if AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
+    n_dev = mesh.shape[AXIS]
+    pad = -b % n_dev
+    order = list(range(b)) + [b - 1] * pad
+    stack = lambda xs: np.stack([xs[i] for i in order])  # noqa: E731
+    arrays = (jnp.stack([p.k_run for p in (prepared[i] for i in order)]),
+              stack([p.f for p in prepared]), stack([p.start.weights for p in prepared]),
+              stack([p.start.labels for p in prepared]))
+    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    arrays = jax.device_put(arrays, sharding)
+    state = run_batch(*arrays, config.hyper(), spec)
+    host = jax.device_get(state)
+    results = []
+    for i, p in enumerate(prepared):
+        s_i = jax.tree.map(lambda x, i=i: x[i], host)
+        res = api.build_result(s_i, spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
+                               channel_axis=p.channel_axis)
+        api.check_pd_cap(res.pd_iterations, config)
+        results.append(res)
+    return _stack_results(results, spec.max_outer)
+
+
+def _as_batch(images) -> list[np.ndarray]:
+    if isinstance(images, (list, tuple)):
+        imgs = [np.asarray(x) for x in images]
+    else:
+        arr = np.asarray(images)
+        if arr.ndim < 3:
+            raise ValueError(f"images must be (B, *image) with a batch axis, got shape "
+                             f"{arr.shape}")
+        imgs = list(arr)
+    if not imgs:
+        raise ValueError("images: empty batch")
+    shapes = {x.shape for x in imgs}
+    if len(shapes) > 1:
+        raise ValueError(f"images must all have one shape, got {sorted(shapes)}")
+    return imgs
+
+
+def _pad_rows(a: np.ndarray, n: int, fill) -> np.ndarray:
+    out = np.full((n,) + a.shape[1:], fill, a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _stack_results(rs: list[api.Self2SegResult], max_outer: int) -> api.Self2SegResult:
+    def rows(name, fill):
+        return np.stack([_pad_rows(getattr(r, name), max_outer, fill) for r in rs])
+
+    return api.Self2SegResult(
+        labels=np.stack([r.labels for r in rs]),
+        probabilities=np.stack([r.probabilities for r in rs]),
+        denoised=np.stack([r.denoised for r in rs]),
+        expert_outputs=np.stack([r.expert_outputs for r in rs]),
+        energies=rows("energies", np.nan), num_outer=np.array([r.num_outer for r in rs]),
+        status=tuple(r.status for r in rs), mask_changes=rows("mask_changes", 0.0),
+        pd_iterations=rows("pd_iterations", 0), train_steps=rows("train_steps", 0),
+        init_labels=np.stack([r.init_labels for r in rs]), batched=True,
+    )
