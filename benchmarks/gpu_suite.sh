@@ -10,7 +10,8 @@
 #   2. bench_scaling on 128^2 (the comparison patch), 512^2 and 2048^2 (mirror-tiled sample):
 #      default config (backend policy: XLA convolutions, vmapped experts, larger crop batches)
 #      and the full-image training mode up to 512^2, and the bundled 3-D stack — cold and warm
-#      times, phases, Dice (each run in its own process, 150 s at most).
+#      times, phases, Dice (each run in its own process, 150 s at most);
+#   3. segment_batch on 64 patches of 128^2 against 64 segment calls (bench_batch.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -21,4 +22,5 @@ mkdir -p "$out"
 } 2>&1 | tee "$out/devices.txt"
 timeout 450 python3 benchmarks/bench_scaling.py --sizes 512 2048 --methods default full \
     --full-max-size 512 --volume --timeout 150 --out "$out" 2>&1 | tee "$out/scaling.log"
+timeout 120 python3 benchmarks/bench_batch.py --n 64 --out "$out" 2>&1 | tail -3 | tee "$out/batch.log"
 echo "gpu_suite: done (exit $?)"

@@ -2,8 +2,9 @@
 
 :func:`segment_batch` validates, normalises and starts every image on the host exactly as
 :func:`self2seg_jax.segment` does (image ``i`` with key ``jax.random.split(key, B)[i]``), then
-runs the one alternating scheme ``vmap``-ped over the batch in one jitted program whose batch
-axis is sharded over a 1-D device mesh (axis ``"batch"``; default: every device). A batch whose
+runs the one alternating scheme over the batch in one jitted program — ``vmap``-ped, its batch
+axis sharded over a 1-D device mesh (axis ``"batch"``; default: every device), or on a single
+CPU device image after image inside the program (the backend policy). A batch whose
 size is not a multiple of the device count is padded with copies of its last image and
 unpadded on return.
 
@@ -20,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from self2seg_jax import alternating, api
@@ -34,14 +36,20 @@ def batch_mesh(devices=None) -> Mesh:
     return Mesh(devs.reshape(-1), (AXIS,))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec):
+@functools.partial(jax.jit, static_argnames=("spec", "mode"))
+def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec,
+              mode: str = "vmap"):
     """:func:`self2seg_jax.alternating.run` over a leading batch axis of ``keys`` ``(B,)``,
     ``f`` ``(B, ...)``, ``w0`` ``(B, C, *s)``, ``labels0`` ``(B, *s)`` (one ``hyper``).
-    Returns the batched final :class:`~self2seg_jax.alternating.State`; its sharding follows
-    the inputs'."""
-    return jax.vmap(lambda k, a, w, lab: alternating.run(k, a, w, lab, hyper, spec))(
-        keys, f, w0, labels0)
+
+    ``mode="vmap"``: one batched program (accelerators, several devices: its sharding follows
+    the inputs'); ``"map"``: the images one after the other inside the program (one CPU
+    device, where batched convolutions are slower than a loop). Returns the batched final
+    :class:`~self2seg_jax.alternating.State`."""
+    one = lambda a: alternating.run(a[0], a[1], a[2], a[3], hyper, spec)  # noqa: E731
+    if mode == "map":
+        return lax.map(one, (keys, f, w0, labels0))
+    return jax.vmap(lambda *a: one(a))(keys, f, w0, labels0)
 
 
 def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
@@ -97,7 +105,9 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
               stack([p.start.labels for p in prepared]))
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     arrays = jax.device_put(arrays, sharding)
-    state = run_batch(*arrays, config.hyper(), spec)
+    # one CPU device: the backend policy's "map" (batched convolutions are slow on XLA:CPU)
+    mode = "map" if n_dev == 1 and spec.batch == "map" else "vmap"
+    state = run_batch(*arrays, config.hyper(), spec, mode)
     host = jax.device_get(state)
     results = []
     for i, p in enumerate(prepared):

@@ -212,6 +212,18 @@ def fit_linear(f: jax.Array, w: jax.Array, cfg: TrainConfig, ridge: float = 1e-5
     return params, apply(params, f, "linear", cfg), jnp.asarray(0, jnp.int32)
 
 
+def _adam_step(tx, grads, opt_state, params, lr):
+    """One Adam step (``tx = optax.scale_by_adam()``, learning rate ``lr`` traced)."""
+    upd, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree.map(lambda a, b: a - lr * b, params, upd), opt_state
+
+
+def _keep_training(step, since_best, cfg: TrainConfig):
+    """Early stopping: go on below ``min_steps``, then until ``patience`` steps without a better
+    validation score, never beyond ``max_steps``."""
+    return (step < cfg.max_steps) & ((step < cfg.min_steps) | (since_best < cfg.patience))
+
+
 class _N2FCarry(NamedTuple):
     params: Any
     opt_state: Any
@@ -248,12 +260,11 @@ def fit_n2f(params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
 
     def train_step(step, carry):
         params, opt_state = carry
-        g = lax.switch(step % len(pairs), grad_fns, params)
-        upd, opt_state = tx.update(g, opt_state, params)
-        return jax.tree.map(lambda a, b: a - lr * b, params, upd), opt_state
+        return _adam_step(tx, lax.switch(step % len(pairs), grad_fns, params), opt_state, params,
+                          lr)
 
     def cond(c: _N2FCarry):
-        return (c.step < cfg.max_steps) & ((c.step < cfg.min_steps) | (c.since_best < cfg.patience))
+        return _keep_training(c.step, c.since_best, cfg)
 
     def body(c: _N2FCarry):
         params, opt_state = lax.fori_loop(c.step, c.step + cfg.val_every, train_step,
@@ -444,11 +455,10 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
     def train_step(step, carry):
         p, opt_state = carry
         g = lax.switch(step % nd, grad_fns, p, draw(jax.random.fold_in(kt, step), cfg.batch))
-        upd, opt_state = tx.update(g, opt_state, p)
-        return jax.tree.map(lambda a, b: a - lr * b, p, upd), opt_state
+        return _adam_step(tx, g, opt_state, p, lr)
 
     def cond(c: _CropCarry):
-        return (c.step < cfg.max_steps) & ((c.step < cfg.min_steps) | (c.since_best < cfg.patience))
+        return _keep_training(c.step, c.since_best, cfg)
 
     def body(c: _CropCarry):
         p, opt_state = lax.fori_loop(c.step, c.step + cfg.val_every, train_step,
