@@ -6,7 +6,7 @@
 * :func:`denoise_n2f` — Noise2Fast on the whole image (one expert, no regions).
 * :func:`sequential` — Noise2Fast, then Chan–Vese on the denoised image.
 
-``lam`` is the TV weight of eq. (5) on the min–max normalised image, as in
+``lam`` is the TV weight of eq. (5) on the image normalised to ``[0, 1]``, as in
 :func:`self2seg_jax.segment` (the paper's eq. (2) weights the data term instead:
 ``lam_data = 1 / lam``).
 """

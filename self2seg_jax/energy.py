@@ -11,9 +11,10 @@ terms ``d_i = sum_channels [K (f - D_i(f))]^2`` of the class experts ``D_i``:
 
 Each interface between two classes appears in the TV of both, hence ``lambda/2``: for two
 classes this is exactly eq. (5), ``lambda TV(v) + sum v d_1 + (1 - v) d_0``, and the reference
-term is eq. (10)'s ``mu/2 ||v - v_R||^2``. Images are min–max normalised to ``[0, 1]`` and
-energies are **sums** over pixels (see :class:`self2seg_jax.Self2SegConfig` for ``lambda``'s
-scale). Shapes: ``u``, ``d`` are ``(C, *s)`` with ``len(s) == ndim``.
+term is eq. (10)'s ``mu/2 ||v - v_R||^2``. Images are scaled to ``[0, 1]``
+(``Self2SegConfig.normalise``) and energies are **sums** over pixels (see
+:class:`self2seg_jax.Self2SegConfig` for ``lambda``'s scale). Shapes: ``u``, ``d`` are
+``(C, *s)`` with ``len(s) == ndim``.
 """
 
 from __future__ import annotations

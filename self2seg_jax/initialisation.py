@@ -3,9 +3,9 @@
 :func:`start` turns ``init`` — ``"otsu"``, a threshold, a mask or label image, :class:`Boxes`
 or :class:`ClassBoxes` — into the first W-step's region weights and the initial labels, and
 raises ``ValueError`` naming the problem before anything is compiled. Thresholds apply to the
-min–max normalised image, or to its Noise2Fast-denoised version (the paper's DSB2018
-protocol) through the ``denoise`` callable; colour images are thresholded along their first
-principal component.
+normalised image (in ``[0, 1]``), or to its min–max normalised Noise2Fast-denoised version
+(the paper's DSB2018 protocol) through the ``denoise`` callable; colour images are
+thresholded along their first principal component.
 """
 
 from __future__ import annotations
@@ -249,8 +249,8 @@ def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
             raise ValueError(f"unknown init {init!r} for {c} classes: a threshold is a two-class "
                              "start; use 'otsu', a label image or ClassBoxes")
         if not 0.0 < eps < 1.0:
-            raise ValueError(f"threshold init must be in (0, 1) (image is min-max normalised), "
-                             f"got {eps}")
+            raise ValueError(f"threshold init must be in (0, 1) (the image is normalised to "
+                             f"[0, 1]), got {eps}")
         labels = (_to_threshold(key, f, ndim, denoise) > eps).astype(np.int32)
         name = f"initial mask (threshold {eps})"
     else:

@@ -39,7 +39,7 @@ A --config TOML file holds Self2SegConfig fields at top level, plus optionally '
   lam = 0.02
   net_width = 16
   train_max_steps = 200
-  init_denoise = false
+  init_denoise = true
   seed = 1
 
 exit status: 0 success; 2 bad input or options, or some file failed; 1 internal error.
