@@ -97,12 +97,10 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     if AXIS not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
     n_dev = mesh.shape[AXIS]
-    pad = -b % n_dev
-    order = list(range(b)) + [b - 1] * pad
-    stack = lambda xs: np.stack([xs[i] for i in order])  # noqa: E731
-    arrays = (jnp.stack([p.k_run for p in (prepared[i] for i in order)]),
-              stack([p.f for p in prepared]), stack([p.start.weights for p in prepared]),
-              stack([p.start.labels for p in prepared]))
+    padded = prepared + [prepared[-1]] * (-b % n_dev)  # a multiple of the device count
+    arrays = (jnp.stack([p.k_run for p in padded]), np.stack([p.f for p in padded]),
+              np.stack([p.start.weights for p in padded]),
+              np.stack([p.start.labels for p in padded]))
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     arrays = jax.device_put(arrays, sharding)
     # one CPU device: the backend policy's "map" (batched convolutions are slow on XLA:CPU)

@@ -304,10 +304,15 @@ def _windows(x: jax.Array, ndim: int, size: int, starts: jax.Array) -> jax.Array
     return jax.vmap(one)(starts)
 
 
-def _grid(counts: tuple, step: int) -> jax.Array:
-    """``(prod(counts), ndim)`` int32 corners ``index * step`` of a regular grid of tiles."""
+def _tiling(spatial: tuple, size: int, halo: int):
+    """A grid of ``size^ndim`` tiles covering ``spatial``, each read with ``halo`` pixels of
+    context: ``(counts, pads, starts)`` — tiles per axis, the zero padding (halo before, halo
+    plus the ragged rest after) and the ``(prod(counts), ndim)`` int32 window corners in the
+    padded array."""
+    counts = tuple(-(-n // size) for n in spatial)
+    pads = [(halo, c * size - n + halo) for n, c in zip(spatial, counts)]
     idx = jnp.stack(jnp.meshgrid(*(jnp.arange(c) for c in counts), indexing="ij"), -1)
-    return (idx.reshape(-1, len(counts)) * step).astype(jnp.int32)
+    return counts, pads, (idx.reshape(-1, len(counts)) * size).astype(jnp.int32)
 
 
 def apply_tiled(params: Any, f: jax.Array, kind: str, cfg: TrainConfig, tile: int | None = None):
@@ -320,11 +325,9 @@ def apply_tiled(params: Any, f: jax.Array, kind: str, cfg: TrainConfig, tile: in
     if kind != "n2f" or all(n <= tile for n in spatial):
         return apply(params, f, kind, cfg)
     m, lead = cfg.depth, f.ndim - nd
-    counts = tuple(-(-n // tile) for n in spatial)
-    pads = [(m, c * tile - n + m) for n, c in zip(spatial, counts)]
+    counts, pads, starts = _tiling(spatial, tile, m)
     fp = jnp.pad(f, [(0, 0)] * lead + pads)
     vp = jnp.pad(jnp.ones(spatial, f.dtype), pads)
-    starts = _grid(counts, tile)
     core = (Ellipsis,) + (slice(m, m + tile),) * nd
     net = _net(cfg)
 
@@ -362,8 +365,7 @@ def crop_sampler(f: jax.Array, w: jax.Array, cfg: TrainConfig) -> CropSampler:
     nd, size, halo = cfg.ndim, cfg.crop, 2 * cfg.depth
     lead = f.ndim - nd
     spatial = f.shape[lead:]
-    counts = tuple(-(-n // size) for n in spatial)
-    pads = [(halo, c * size - n + halo) for n, c in zip(spatial, counts)]
+    counts, pads, starts = _tiling(spatial, size, halo)
     wp = jnp.pad(w, pads)
     core = wp[tuple(slice(halo, halo + c * size) for c in counts)]
     mass = jnp.sum(core.reshape(sum(((c, size) for c in counts), ())),
@@ -373,7 +375,7 @@ def crop_sampler(f: jax.Array, w: jax.Array, cfg: TrainConfig) -> CropSampler:
     win = size + 2 * halo
     inner = jnp.zeros((win,) * nd, f.dtype).at[(slice(halo, halo + size),) * nd].set(1.0)
     return CropSampler(jnp.pad(f, [(0, 0)] * lead + pads), wp,
-                       jnp.pad(jnp.ones(spatial, f.dtype), pads), _grid(counts, size),
+                       jnp.pad(jnp.ones(spatial, f.dtype), pads), starts,
                        prob / jnp.sum(prob), total, inner)
 
 

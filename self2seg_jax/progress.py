@@ -56,29 +56,25 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 @contextlib.contextmanager
 def compilations() -> Iterator[dict]:
     """Count the XLA compilations (and their seconds) inside the block, from ``jax.monitoring``
-    events: ``with compilations() as c: ...; c["count"], c["seconds"]``. A program loaded from
-    the persistent compilation cache is not compiled and is not counted."""
+    events: ``with compilations() as c: ...; c["count"], c["seconds"], c["cache_hits"]`` (read
+    after the block). A program loaded from the persistent compilation cache is not compiled
+    and is not counted: JAX reports its retrieval as a backend compile too, so hits are
+    subtracted."""
     import jax
 
-    seen = {"count": 0, "seconds": 0.0, "cache_hits": 0}
-    raw = {"compiles": 0, "compile_s": 0.0, "hits": 0, "hit_s": 0.0}
+    events = {_COMPILE_EVENT: [], _CACHE_HIT_EVENT: []}
 
     def listener(event, duration, **_):
-        # a cache hit is also reported as a backend compile (of its retrieval time): subtract it
-        if event == _COMPILE_EVENT:
-            raw["compiles"] += 1
-            raw["compile_s"] += duration
-        elif event == _CACHE_HIT_EVENT:
-            raw["hits"] += 1
-            raw["hit_s"] += duration
-        else:
-            return
-        seen["count"] = max(raw["compiles"] - raw["hits"], 0)
-        seen["seconds"] = max(raw["compile_s"] - raw["hit_s"], 0.0) if seen["count"] else 0.0
-        seen["cache_hits"] = raw["hits"]
+        if event in events:
+            events[event].append(duration)
 
+    seen: dict = {}
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         yield seen
     finally:
+        compiles, hits = events[_COMPILE_EVENT], events[_CACHE_HIT_EVENT]
+        count = max(len(compiles) - len(hits), 0)
+        seen.update(count=count, cache_hits=len(hits),
+                    seconds=max(sum(compiles) - sum(hits), 0.0) if count else 0.0)
         jax.monitoring.unregister_event_duration_listener(listener)
