@@ -84,7 +84,8 @@ def stripes(
 
 
 def synthetic_nuclei(seed: int, shape=(256, 256), *, noise: float = 30.0, radius=(5.0, 14.0),
-                     coverage: float = 0.2, contrast=(15.0, 150.0)):
+                     coverage: float = 0.2, contrast=(15.0, 150.0), glow: float = 0.0,
+                     glow_sigma: float = 3.0):
     """Synthetic fluorescence nuclei on an N-D grid, for development and tests (never the
     reported data): ellipsoids of random size, orientation and brightness (log-uniform
     contrast, so dim nuclei lie next to bright ones), textured inside, blurred edges, on a dark
@@ -97,6 +98,9 @@ def synthetic_nuclei(seed: int, shape=(256, 256), *, noise: float = 30.0, radius
       radius: range of the nuclei's mean radii in pixels.
       coverage: target foreground fraction.
       contrast: range of the nuclei's intensity above the background (log-uniform).
+      glow: out-of-focus light (widefield stacks): ``glow`` times the nuclei blurred by a
+        Gaussian of ``glow_sigma`` pixels is added, so the background is brighter next to
+        nuclei than far from them (0 = none).
 
     Returns:
       ``(noisy, clean, gt)``: float32 images and the bool foreground.
@@ -126,6 +130,8 @@ def synthetic_nuclei(seed: int, shape=(256, 256), *, noise: float = 30.0, radius
     texture = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
     texture /= texture.std() + 1e-12
     clean = ndimage.gaussian_filter(clean * (1 + 0.12 * texture), 1.0)
+    if glow:
+        clean = clean + glow * ndimage.gaussian_filter(clean, glow_sigma)
     ramp = sum(g / n for g, n in zip(grids, shape)) / nd
     clean = (clean + 15 + 10 * ramp).astype(np.float32)
     return add_gaussian_noise(seed + 1, clean, noise), clean, gt

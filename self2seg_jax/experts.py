@@ -81,11 +81,11 @@ class _Conv(nn.Module):
     ndim: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, padding="SAME"):
         k = (3,) * self.ndim
         w = self.param("kernel", nn.initializers.lecun_normal(), k + (x.shape[-1], self.features))
         b = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return ops.conv(x, w, impl=self.impl) + b
+        return ops.conv(x, w, impl=self.impl, padding=padding) + b
 
 
 class N2FNet(nn.Module):
@@ -102,10 +102,15 @@ class N2FNet(nn.Module):
     channels: int = 0
 
     @nn.compact
-    def __call__(self, x, valid=None):
+    def __call__(self, x, valid=None, trim=False):
         """``valid`` (optional, ``(*b, *s)`` 0/1): where the pixels lie inside the image; hidden
         activations are zeroed outside, which reproduces the per-layer zero padding at the
-        image border inside tiles and crops cut from a zero-padded image."""
+        image border inside tiles and crops cut from a zero-padded image.
+
+        ``trim``: ``VALID`` convolutions — the output lacks ``depth`` pixels on every side of
+        each spatial axis (``(*b, *(s - 2 depth))``) and equals the ``SAME`` output there; only
+        the pixels whose receptive field lies inside ``x`` are computed (crops and tiles read
+        with a halo of ``depth`` pixels need no more)."""
         nd, nc = self.ndim, self.channels
         if nc:
             lead, core = x.shape[: -(nd + 1)], x.shape[-(nd + 1):]
@@ -114,13 +119,16 @@ class N2FNet(nn.Module):
             lead, core = x.shape[:-nd], x.shape[-nd:]
             h = x.reshape((-1,) + core + (1,))
         v = None if valid is None else valid.reshape((-1,) + core[-nd:] + (1,)).astype(h.dtype)
+        one = (slice(None),) + (slice(1, -1),) * nd
         for _ in range(self.depth):
-            h = nn.relu(_Conv(self.width, self.impl, nd)(h))
+            h = nn.relu(_Conv(self.width, self.impl, nd)(h, "VALID" if trim else "SAME"))
+            v = v[one] if trim and v is not None else v
             h = h if v is None else h * v
         h = nn.sigmoid(nn.Dense(max(nc, 1))(h))
+        out = h.shape[1:1 + nd]
         if nc:
-            return jnp.moveaxis(h, -1, 1).reshape(lead + core)
-        return h[..., 0].reshape(lead + core)
+            return jnp.moveaxis(h, -1, 1).reshape(lead + core[:1] + out)
+        return h[..., 0].reshape(lead + out)
 
 
 def _net(cfg: TrainConfig) -> N2FNet:
@@ -294,12 +302,14 @@ def fit_n2f(params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
 # ----------------------------------------------------------------------------------------
 
 
-def _windows(x: jax.Array, ndim: int, size: int, starts: jax.Array) -> jax.Array:
-    """``(n, *lead, size^ndim)`` windows of ``x`` (``(*lead, *s)``) at ``starts`` ``(n, ndim)``."""
+def _windows(x: jax.Array, ndim: int, size, starts: jax.Array) -> jax.Array:
+    """``(n, *lead, *size)`` windows of ``x`` (``(*lead, *s)``) at ``starts`` ``(n, ndim)``;
+    ``size`` an int (a cube) or one side per spatial axis."""
     lead = x.ndim - ndim
+    size = (size,) * ndim if isinstance(size, int) else tuple(size)
 
     def one(st):
-        return lax.dynamic_slice(x, (0,) * lead + tuple(st), x.shape[:lead] + (size,) * ndim)
+        return lax.dynamic_slice(x, (0,) * lead + tuple(st), x.shape[:lead] + size)
 
     return jax.vmap(one)(starts)
 
@@ -328,13 +338,12 @@ def apply_tiled(params: Any, f: jax.Array, kind: str, cfg: TrainConfig, tile: in
     counts, pads, starts = _tiling(spatial, tile, m)
     fp = jnp.pad(f, [(0, 0)] * lead + pads)
     vp = jnp.pad(jnp.ones(spatial, f.dtype), pads)
-    core = (Ellipsis,) + (slice(m, m + tile),) * nd
     net = _net(cfg)
 
     def one(st):
         x = _windows(fp, nd, tile + 2 * m, st[None])[0]
         v = _windows(vp, nd, tile + 2 * m, st[None])[0]
-        return net.apply({"params": params}, x, v)[core]
+        return net.apply({"params": params}, x, v, trim=True)
 
     out = lax.map(one, starts)  # (T, *lead, tile^nd)
     out = out.reshape(counts + out.shape[1:])  # (*counts, *lead, *tile)
@@ -347,17 +356,26 @@ class CropSampler(NamedTuple):
     """Where the training crops of :func:`fit_n2f_crops` come from (a pytree of arrays).
 
     The image is cut into a grid of ``crop^ndim`` tiles; a crop is one tile plus a halo of
-    ``2 * depth`` pixels of context on every side (``win = crop + 4 * depth``), read from the
-    zero-padded image. Tile ``t`` is drawn with probability ``prob[t]``.
+    context (:func:`crop_halos`), read from the image zero-padded by ``2 * depth`` pixels.
+    Tile ``t`` is drawn with probability ``prob[t]``.
     """
 
     fp: jax.Array  # (*lead, *padded) zero-padded image
     wp: jax.Array  # (*padded) zero-padded region weight
     vp: jax.Array  # (*padded) 1 inside the image, 0 in the padding
-    starts: jax.Array  # (T, ndim) int32 window corners in the padded image
+    starts: jax.Array  # (T, ndim) int32 corners of the tiles' 2*depth halos in the padded image
     prob: jax.Array  # (T,) tile probabilities (region weight + a small floor)
     total: jax.Array  # () sum of the region weight
-    inner: jax.Array  # (win^ndim) 1 on the tile, 0 on its halo
+
+
+def crop_halos(cfg: TrainConfig, axis: int | None) -> tuple[int, ...]:
+    """Context pixels read around a tile, per spatial axis: the net's receptive-field radius
+    ``depth`` (rounded up to even, which keeps the checkerboard colours of the crop those of
+    the image), and ``2 * depth`` along the squeezed ``axis`` of a training pair (a pixel of the
+    squeezed image spans two of the image there). ``axis=None``: validation crops, which the
+    expert sees unsqueezed."""
+    d = cfg.depth + cfg.depth % 2
+    return tuple(2 * cfg.depth if b == axis else d for b in range(cfg.ndim))
 
 
 def crop_sampler(f: jax.Array, w: jax.Array, cfg: TrainConfig) -> CropSampler:
@@ -372,39 +390,56 @@ def crop_sampler(f: jax.Array, w: jax.Array, cfg: TrainConfig) -> CropSampler:
                    axis=tuple(range(1, 2 * nd, 2))).reshape(-1)
     total = jnp.sum(w)
     prob = mass + 1e-3 * (total / mass.size + 1e-6)
-    win = size + 2 * halo
-    inner = jnp.zeros((win,) * nd, f.dtype).at[(slice(halo, halo + size),) * nd].set(1.0)
     return CropSampler(jnp.pad(f, [(0, 0)] * lead + pads), wp,
                        jnp.pad(jnp.ones(spatial, f.dtype), pads), starts,
-                       prob / jnp.sum(prob), total, inner)
+                       prob / jnp.sum(prob), total)
 
 
-def crop_batch(s: CropSampler, tiles: jax.Array):
-    """Crops of the tiles ``tiles`` (``(n,)`` int): ``(x (n, *lead, win^nd), weight (n, win^nd),
-    valid (n, win^nd))``, the weight of tile ``t`` scaled by ``1 / (prob[t] n total)`` and zero
-    on the halo, so that the expected loss over tiles drawn from ``prob`` is the whole image's."""
-    nd, win = s.inner.ndim, s.inner.shape[0]
-    st = s.starts[tiles]
-    wt = _windows(s.wp, nd, win, st) * s.inner
+def crop_batch(s: CropSampler, tiles: jax.Array, cfg: TrainConfig, axis: int | None = None):
+    """Crops of the tiles ``tiles`` (``(n,)`` int) with the halos of :func:`crop_halos`:
+    ``(x (n, *lead, *win), weight (n, *win), valid (n, *win))``, ``win = crop + 2 halo``; the
+    weight of tile ``t`` is scaled by ``1 / (prob[t] n total)`` and zero on the halo, so that
+    the expected loss over tiles drawn from ``prob`` is the whole image's."""
+    nd, size = cfg.ndim, cfg.crop
+    halos = crop_halos(cfg, axis)
+    win = tuple(size + 2 * h for h in halos)
+    st = s.starts[tiles] + jnp.asarray([2 * cfg.depth - h for h in halos], jnp.int32)
+    inner = jnp.zeros(win, s.wp.dtype).at[tuple(slice(h, h + size) for h in halos)].set(1.0)
+    wt = _windows(s.wp, nd, win, st) * inner
     scale = s.prob[tiles] * tiles.shape[0] * s.total + 1e-12
     return (_windows(s.fp, nd, win, st), wt / scale.reshape((-1,) + (1,) * nd),
             _windows(s.vp, nd, win, st))
 
 
+def _trim(a: jax.Array, ndim: int, m: int) -> jax.Array:
+    """``a`` without ``m`` pixels on both sides of its last ``ndim`` axes."""
+    return a[(Ellipsis,) + tuple(slice(m, n - m) for n in a.shape[a.ndim - ndim:])]
+
+
+def _crop_error(params, x, wt, v, target, cfg: TrainConfig) -> jax.Array:
+    """``sum wt (D(x) - target)^2`` over a batch of crops, the expert run with ``VALID``
+    convolutions (``trim``), so only the pixels with their full context are computed."""
+    out = _net(cfg).apply({"params": params}, x, v, trim=True)
+    m, nd = cfg.depth, cfg.ndim
+    wt = _trim(wt, nd, m)
+    wt = wt.reshape(wt.shape[:1] + (1,) * (out.ndim - wt.ndim) + wt.shape[1:])
+    return jnp.sum(wt * (out - _trim(target, nd, m)) ** 2)
+
+
 def crop_loss(params: Any, x: jax.Array, wt: jax.Array, v: jax.Array, axis: int,
               cfg: TrainConfig) -> jax.Array:
-    """Noise2Fast loss of a batch of crops (:func:`crop_batch`) for the two checkerboard pairs
-    squeezed along spatial ``axis``: ``sum_pairs sum_i wt_i (D(x)_i - y_i)^2 / channels``.
+    """Noise2Fast loss of a batch of crops (:func:`crop_batch` with this ``axis``) for the two
+    checkerboard pairs squeezed along spatial ``axis``:
+    ``sum_pairs sum_i wt_i (D(x)_i - y_i)^2 / channels``.
 
     With ``B`` tiles drawn from ``prob`` its expectation is the whole image's region-masked
     loss of that direction, ``sum_pairs sum_i w_i (D(x)_i - y_i)^2 / (sum w * channels)``
     (the crops see their full receptive field and the border padding of the whole image)."""
-    net, nd = _net(cfg), cfg.ndim
+    nd = cfg.ndim
     tot = 0.0
     pairs, wpairs, vpairs = (ops.checkerboard_pairs(a, nd, axis) for a in (x, wt, v))
     for (xi, yi), (_, wi), (vi, _) in zip(pairs, wpairs, vpairs):
-        wi = wi.reshape(wi.shape[:1] + (1,) * (xi.ndim - wi.ndim) + wi.shape[1:])
-        tot = tot + jnp.sum(wi * (net.apply({"params": params}, xi, vi) - yi) ** 2)
+        tot = tot + _crop_error(params, xi, wi, vi, yi, cfg)
     return tot / max(cfg.channels, 1)
 
 
@@ -436,27 +471,27 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
     Returns:
       ``(params, output, steps)`` as :func:`fit_n2f`.
     """
-    net = _net(cfg)
     tx = optax.scale_by_adam()
-    nd, lead = cfg.ndim, f.ndim - cfg.ndim
+    nd = cfg.ndim
     s = crop_sampler(f, w, cfg)
     logp = jnp.log(s.prob)
 
-    def draw(k, n):
-        return crop_batch(s, jax.random.categorical(k, logp, shape=(n,)))
+    def draw(k, n, axis):
+        return crop_batch(s, jax.random.categorical(k, logp, shape=(n,)), cfg, axis)
 
-    grad_fns = [lambda p, b, a=a: jax.grad(crop_loss)(p, *b, a, cfg) for a in range(nd)]
+    def grad_fn(a):
+        return lambda p, k: jax.grad(crop_loss)(p, *draw(k, cfg.batch, a), a, cfg)
 
     kv, kt = jax.random.split(key)
-    vx, vw, vv = draw(kv, cfg.val_crops)
-    vw = vw.reshape(vw.shape[:1] + (1,) * lead + vw.shape[1:])
+    vx, vw, vv = draw(kv, cfg.val_crops, None)
 
     def score(p):
-        return jnp.sum(vw * (net.apply({"params": p}, vx, vv) - vx) ** 2)
+        return _crop_error(p, vx, vw, vv, vx, cfg)
 
     def train_step(step, carry):
         p, opt_state = carry
-        g = lax.switch(step % nd, grad_fns, p, draw(jax.random.fold_in(kt, step), cfg.batch))
+        g = lax.switch(step % nd, [grad_fn(a) for a in range(nd)], p,
+                       jax.random.fold_in(kt, step))
         return _adam_step(tx, g, opt_state, p, lr)
 
     def cond(c: _CropCarry):

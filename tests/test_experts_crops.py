@@ -55,12 +55,15 @@ def _whole_image_loss(p, f, w, axis, cfg):
     return tot / jnp.sum(w) / max(cfg.channels, 1)
 
 
-@pytest.mark.parametrize("shape,ndim", [((24, 20), 2), ((12, 10, 8), 3)], ids=["2d", "3d"])
-def test_crop_loss_is_unbiased_for_the_whole_image_loss(shape, ndim, rng):
+@pytest.mark.parametrize("shape,ndim,depth", [((24, 20), 2, 2), ((24, 22), 2, 3),
+                                              ((12, 10, 8), 3, 2)],
+                         ids=["2d", "2d-odd-depth", "3d"])
+def test_crop_loss_is_unbiased_for_the_whole_image_loss(shape, ndim, depth, rng):
     """E over tiles drawn from ``prob`` of the crop loss = the whole-image loss, exactly: the
     tiles partition the image and each crop sees its full receptive field and the image's
-    border padding (computed as the exact expectation, summing over all tiles)."""
-    cfg = dataclasses.replace(SMALL, ndim=ndim, crop=4 if ndim == 3 else 8)
+    border padding (computed as the exact expectation, summing over all tiles). An odd depth
+    checks that the halos keep the crops' checkerboard colours those of the image."""
+    cfg = dataclasses.replace(SMALL, ndim=ndim, depth=depth, crop=4 if ndim == 3 else 8)
     f = jnp.asarray(rng.random(shape), jnp.float32)
     w = jnp.asarray(rng.random(shape) * (rng.random(shape) < 0.5), jnp.float32)
     p = _params(jax.random.key(2), cfg)
@@ -69,11 +72,30 @@ def test_crop_loss_is_unbiased_for_the_whole_image_loss(shape, ndim, rng):
     assert n_tiles == np.prod([-(-n // cfg.crop) for n in shape])
     for axis in range(ndim):
         per_tile = jax.vmap(
-            lambda t, a=axis: experts.crop_loss(p, *experts.crop_batch(s, t[None]), a, cfg)
+            lambda t, a=axis: experts.crop_loss(p, *experts.crop_batch(s, t[None], cfg, a), a, cfg)
         )(jnp.arange(n_tiles))
         expected = float(jnp.sum(s.prob * per_tile))
         whole = float(_whole_image_loss(p, f, w, axis, cfg))
         assert expected == pytest.approx(whole, rel=1e-4)
+
+
+@pytest.mark.parametrize("ndim,channels,depth", [(2, 0, 2), (2, 3, 3), (3, 0, 2)])
+@pytest.mark.parametrize("impl", ["lax", "loopsafe"])
+def test_trimmed_net_equals_the_interior_of_the_same_net(ndim, channels, depth, impl, rng):
+    """``trim=True`` (VALID convolutions) gives the ``SAME`` output without ``depth`` pixels per
+    side, also where ``valid`` marks a zero-padded image border inside the window."""
+    cfg = dataclasses.replace(SMALL, ndim=ndim, channels=channels, depth=depth, conv_impl=impl)
+    spatial = (14, 12) if ndim == 2 else (10, 11, 9)
+    x = jnp.asarray(rng.random((2,) + ((channels,) if channels else ()) + spatial), jnp.float32)
+    v = jnp.ones((2,) + spatial, jnp.float32).at[:, :3].set(0.0)  # a border inside the window
+    x = x * (v[:, None] if channels else v)
+    p = _params(jax.random.key(3), cfg)
+    net = experts._net(cfg)
+    same = net.apply({"params": p}, x, v)
+    trimmed = jax.jit(lambda p, x, v: net.apply({"params": p}, x, v, trim=True))(p, x, v)
+    assert trimmed.shape == x.shape[:x.ndim - ndim] + tuple(n - 2 * depth for n in spatial)
+    np.testing.assert_allclose(np.asarray(trimmed), np.asarray(experts._trim(same, ndim, depth)),
+                               atol=2e-6)
 
 
 def test_crops_are_drawn_where_the_region_is(rng):

@@ -197,3 +197,38 @@ def test_backend_policy_matches_backend():
     assert pol["conv_impl"] == ("loopsafe" if cpu else "lax")
     assert pol["batch"] == ("map" if cpu else "vmap")
     assert pol["conv_impl"] in ("lax", "loopsafe")  # both are valid ops.conv impls
+
+
+@pytest.mark.parametrize("shape,k", [((2, 9, 7, 3), (3, 3)), ((1, 5, 6, 7, 2), (3, 3, 3)),
+                                     ((1, 8, 9, 1), (5, 3))])
+@pytest.mark.parametrize("impl", ["lax", "loopsafe"])
+def test_conv_valid_is_the_interior_of_same_and_its_grads_match_autodiff(shape, k, impl, rng):
+    """VALID = the SAME output without the ``k // 2`` border (where the kernel would read zero
+    padding); the loop-safe VALID backward pass equals autodiff of ``lax.conv`` VALID."""
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(k + (shape[-1], 4)) / np.prod(k), jnp.float32)
+    out_shape = (shape[0],) + tuple(n - kk + 1 for n, kk in zip(shape[1:-1], k)) + (4,)
+    ct = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+    inner = (slice(None),) + tuple(slice(kk // 2, n - kk // 2) for n, kk in zip(shape[1:-1], k))
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w)) * ct)
+
+    ours = lambda x, w: ops.conv(x, w, impl=impl, padding="VALID")  # noqa: E731
+    ref = lambda x, w: lax.conv_general_dilated(  # noqa: E731
+        x, w, (1,) * (x.ndim - 2), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC") if x.ndim == 4 else
+        ("NDHWC", "DHWIO", "NDHWC"))
+    y = jax.jit(ours)(x, w)
+    assert y.shape == out_shape
+    _close(y, ops.conv(x, w, impl=impl)[inner], rtol=1e-5)
+    g1 = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
+    g2 = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(x, w)
+    for a, b in zip(g1, g2, strict=True):
+        assert a.shape == b.shape
+        _close(a, b, rtol=2e-4)
+
+
+def test_conv_unknown_padding_raises():
+    with pytest.raises(ValueError, match="padding"):
+        ops.conv(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), padding="FULL")

@@ -7,6 +7,7 @@ for 2-D or 3-D ``s``; ``mean_filter`` acts on the last ``ndim`` axes of any arra
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -17,14 +18,14 @@ _DN = {4: ("NHWC", "HWIO", "NHWC"), 5: ("NDHWC", "DHWIO", "NDHWC")}
 CONV_IMPLS = ("lax", "loopsafe")
 
 
-def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+def _conv_plain(x: jax.Array, w: jax.Array, padding: str = "SAME") -> jax.Array:
     nsp = x.ndim - 2
-    return lax.conv_general_dilated(x, w, (1,) * nsp, "SAME", dimension_numbers=_DN[x.ndim])
+    return lax.conv_general_dilated(x, w, (1,) * nsp, padding, dimension_numbers=_DN[x.ndim])
 
 
-@jax.custom_vjp
-def conv_loopsafe(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``SAME`` stride-1 convolution whose backward pass stays fast inside compiled loops on CPU.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_loopsafe(x: jax.Array, w: jax.Array, padding: str = "SAME") -> jax.Array:
+    """Stride-1 convolution whose backward pass stays fast inside compiled loops on CPU.
 
     Forward is ``lax.conv_general_dilated``. XLA:CPU runs the convolution *gradient* kernels
     10–20x slower inside ``while_loop``/``scan`` bodies than outside (jax-ml/jax#12868), and the
@@ -35,21 +36,29 @@ def conv_loopsafe(x: jax.Array, w: jax.Array) -> jax.Array:
     Args:
       x: ``(n, *s, c_in)``, ``len(s)`` 2 or 3.
       w: ``(*k, c_in, c_out)`` with odd ``k``.
+      padding: ``"SAME"`` (output ``(n, *s, c_out)``) or ``"VALID"`` (output
+        ``(n, *(s - k + 1), c_out)``: only the outputs whose window lies inside ``x``).
     """
-    return _conv_same(x, w)
+    return _conv_plain(x, w, padding)
 
 
-def _conv_fwd(x, w):
-    return _conv_same(x, w), (x, w)
+def _conv_fwd(x, w, padding):
+    return _conv_plain(x, w, padding), (x, w)
 
 
-def _conv_bwd(res, g):
+def _conv_bwd(padding, res, g):
     x, w = res
     nsp = x.ndim - 2
     ks = w.shape[:nsp]
-    dx = _conv_same(g, jnp.swapaxes(jnp.flip(w, tuple(range(nsp))), -1, -2))
-    xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
-    size = x.shape[1:-1]
+    wt = jnp.swapaxes(jnp.flip(w, tuple(range(nsp))), -1, -2)
+    if padding == "SAME":
+        dx = _conv_plain(g, wt, "SAME")
+        xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
+    else:  # VALID: the input gradient is the "full" correlation of g with the flipped kernel
+        dx = _conv_plain(jnp.pad(g, [(0, 0)] + [(k - 1, k - 1) for k in ks] + [(0, 0)]), wt,
+                         "VALID")
+        xp = x
+    size = g.shape[1:-1]
     rows = []
     for off in itertools.product(*(range(k) for k in ks)):
         win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, size))]
@@ -61,26 +70,31 @@ def _conv_bwd(res, g):
 conv_loopsafe.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _conv3d_by_slices(x: jax.Array, w: jax.Array) -> jax.Array:
-    """A 3-D ``SAME`` convolution as ``k_z`` 2-D loop-safe convolutions over z-shifted slices:
-    XLA:CPU runs 2-D convolutions faster than 3-D ones."""
-    n, d = x.shape[:2]
+def _conv3d_by_slices(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
+    """A 3-D convolution as ``k_z`` 2-D loop-safe convolutions over z-shifted slices: XLA:CPU
+    runs 2-D convolutions faster than 3-D ones."""
+    n = x.shape[0]
     r = w.shape[0] // 2
-    xp = jnp.pad(x, [(0, 0), (r, r)] + [(0, 0)] * 3)
+    if padding == "SAME":
+        x = jnp.pad(x, [(0, 0), (r, r)] + [(0, 0)] * 3)
+    d = x.shape[1] - 2 * r
     out = None
     for t in range(w.shape[0]):
-        y = conv_loopsafe(xp[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t])
+        y = conv_loopsafe(x[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t], padding)
         out = y if out is None else out + y
     return out.reshape((n, d) + out.shape[1:])
 
 
-def conv(x: jax.Array, w: jax.Array, *, impl: str = "lax") -> jax.Array:
-    """``SAME`` stride-1 convolution; ``impl`` ``"lax"`` (XLA's) or ``"loopsafe"``
-    (:func:`conv_loopsafe`; volumes as sums of 2-D slice convolutions, faster on CPU)."""
+def conv(x: jax.Array, w: jax.Array, *, impl: str = "lax", padding: str = "SAME") -> jax.Array:
+    """Stride-1 convolution, ``padding`` ``"SAME"`` or ``"VALID"``; ``impl`` ``"lax"`` (XLA's)
+    or ``"loopsafe"`` (:func:`conv_loopsafe`; volumes as sums of 2-D slice convolutions, faster
+    on CPU)."""
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"unknown padding {padding!r}; expected 'SAME' or 'VALID'")
     if impl == "loopsafe":
-        return _conv3d_by_slices(x, w) if x.ndim == 5 else conv_loopsafe(x, w)
+        return _conv3d_by_slices(x, w, padding) if x.ndim == 5 else conv_loopsafe(x, w, padding)
     if impl == "lax":
-        return _conv_same(x, w)
+        return _conv_plain(x, w, padding)
     raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
 
 
