@@ -27,10 +27,13 @@ _LAZY_NAMES = {
     "denoise_n2f": "self2seg_jax.baselines",
     "sequential": "self2seg_jax.baselines",
     "relaxed_mask": "self2seg_jax.diff",
+    "space_mesh": "self2seg_jax.sharding",
+    "batch_mesh": "self2seg_jax.batch",
 }
 _SUBMODULES = {
     "alternating", "api", "batch", "baselines", "cli", "config", "data", "diff", "energy",
-    "experts", "initialisation", "io", "metrics", "ops", "pdhg", "progress", "provenance", "viz",
+    "distributed", "experts", "initialisation", "io", "metrics", "ops", "pdhg", "progress",
+    "provenance", "sharding", "viz",
 }
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "ClassBoxes",
     "Self2SegConfig",
     "Self2SegResult",
+    "batch_mesh",
     "chan_vese",
     "data",
     "denoise_n2f",
@@ -50,6 +54,7 @@ __all__ = [
     "segment_batch",
     "segment_multiclass",
     "sequential",
+    "space_mesh",
 ]
 
 

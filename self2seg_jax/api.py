@@ -71,6 +71,19 @@ class Self2SegResult:
     def _class(self, a: np.ndarray, k: int) -> np.ndarray:
         return a[:, k] if self.batched else a[k]
 
+    def item(self, i: int) -> Self2SegResult:
+        """Image ``i`` of a batched result, as :func:`segment` returns it (per-iteration rows
+        cut to its own ``num_outer``)."""
+        if not self.batched:
+            raise ValueError("item() takes an image of a batched result (segment_batch)")
+        k = int(self.num_outer[i])
+        per_iter = ("energies", "mask_changes", "pd_iterations", "train_steps")
+        kw = {f.name: getattr(self, f.name)[i][:k] if f.name in per_iter
+              else getattr(self, f.name)[i] for f in dataclasses.fields(self)
+              if f.name != "batched"}
+        kw["num_outer"] = k
+        return Self2SegResult(**kw)
+
     @property
     def mask(self) -> np.ndarray:
         return self.labels > 0
@@ -230,6 +243,7 @@ def segment(
     spacing=None,
     class_experts=None,
     progress: Callable[[_progress.Event], None] | None = None,
+    mesh=None,
 ) -> Self2SegResult:
     """Self2Seg: joint self-supervised segmentation and denoising of one image.
 
@@ -253,6 +267,11 @@ def segment(
         (:class:`self2seg_jax.progress.Event`; the outer loop is then driven from Python,
         :func:`self2seg_jax.alternating.iterate`, with the same result); with
         ``config.progress`` and no callback, one line per iteration is printed to stderr.
+      mesh: a :class:`jax.sharding.Mesh` with an axis ``"space"``
+        (:func:`self2seg_jax.sharding.space_mesh`): the image, the mask and the experts'
+        outputs are split along the first spatial axis over its devices
+        (:mod:`self2seg_jax.sharding`; the result equals the unsharded run up to float
+        rounding). Default: one device.
 
     Returns:
       :class:`Self2SegResult`.
@@ -273,12 +292,21 @@ def segment(
     callback = progress if progress is not None else (_print_progress if config.progress else None)
     if callback is not None and not callable(callback):
         raise ValueError(f"progress must be a callable taking a progress.Event, got {callback!r}")
+    if mesh is not None:
+        from self2seg_jax import sharding
+
+        sharding.check_mesh(mesh)
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
     args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
             config.hyper(), p.spec)
-    state = alternating.run(*args) if callback is None else alternating.iterate(*args, callback)
+    if mesh is not None:
+        state = (sharding.run_space(*args, mesh) if callback is None
+                 else sharding.iterate_space(*args, mesh, callback))
+    else:
+        state = (alternating.run(*args) if callback is None
+                 else alternating.iterate(*args, callback))
     result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
                           channel_axis=p.channel_axis)
     check_pd_cap(result.pd_iterations, config)

@@ -2,16 +2,17 @@
 
 :func:`segment_batch` validates, normalises and starts every image on the host exactly as
 :func:`self2seg_jax.segment` does (image ``i`` with key ``jax.random.split(key, B)[i]``), then
-runs the one alternating scheme over the batch in one jitted program — ``vmap``-ped, its batch
-axis sharded over a 1-D device mesh (axis ``"batch"``; default: every device), or on a single
-CPU device image after image inside the program (the backend policy). A batch whose
-size is not a multiple of the device count is padded with copies of its last image and
-unpadded on return.
+runs the one alternating scheme over the batch in one jitted program, its batch axis sharded
+over a 1-D device mesh (axis ``"batch"``; default: every device, of every process in a
+:mod:`self2seg_jax.distributed` job). The backend policy picks how a device runs its share:
+``vmap`` on accelerators, image after image (``lax.map``, under ``shard_map`` with several
+devices) on CPU. A batch whose size is not a multiple of the device count is padded with
+copies of its last image and unpadded on return.
 
 Under ``vmap`` the outer ``while_loop`` (and each W-step's training loop) runs until the
 slowest member has stopped; members that stopped earlier keep their state (JAX's batching rule
 selects it), so each image's result is that of its own run, but the compute of the extra
-iterations is spent.
+iterations is spent. Under ``lax.map`` every image stops on its own.
 """
 
 from __future__ import annotations
@@ -36,20 +37,61 @@ def batch_mesh(devices=None) -> Mesh:
     return Mesh(devs.reshape(-1), (AXIS,))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mode"))
+@functools.partial(jax.jit, static_argnames=("spec", "mode", "mesh"))
 def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec,
-              mode: str = "vmap"):
-    """:func:`self2seg_jax.alternating.run` over a leading batch axis of ``keys`` ``(B,)``,
-    ``f`` ``(B, ...)``, ``w0`` ``(B, C, *s)``, ``labels0`` ``(B, *s)`` (one ``hyper``).
+              mode: str = "vmap", mesh: Mesh | None = None):
+    """:func:`self2seg_jax.alternating.run` over a leading batch axis of ``keys`` ``(B,)``
+    (typed keys or their ``uint32`` key data), ``f`` ``(B, ...)``, ``w0`` ``(B, C, *s)``,
+    ``labels0`` ``(B, *s)`` (one ``hyper``).
 
-    ``mode="vmap"``: one batched program (accelerators, several devices: its sharding follows
-    the inputs'); ``"map"``: the images one after the other inside the program (one CPU
-    device, where batched convolutions are slower than a loop). Returns the batched final
-    :class:`~self2seg_jax.alternating.State`."""
-    one = lambda a: alternating.run(a[0], a[1], a[2], a[3], hyper, spec)  # noqa: E731
-    if mode == "map":
-        return lax.map(one, (keys, f, w0, labels0))
-    return jax.vmap(lambda *a: one(a))(keys, f, w0, labels0)
+    ``mode="vmap"``: one batched program (accelerators: its sharding follows the inputs'; the
+    batched ``while_loop`` runs until its slowest member stops); ``"map"``: the images one
+    after the other inside the program (CPU, where batched convolutions are slower than a
+    loop), each with its own stopping. With a ``mesh`` and ``"map"`` every device maps over its
+    own shard of the batch (``shard_map`` over the ``"batch"`` axis: no communication, and a
+    device that finishes early does not wait for the others inside the program). Returns the
+    batched final :class:`~self2seg_jax.alternating.State`."""
+
+    def local(keys, f, w0, labels0, hyper):
+        if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jax.random.wrap_key_data(keys)
+        one = lambda a: alternating.run(a[0], a[1], a[2], a[3], hyper, spec)  # noqa: E731
+        if mode == "map":
+            return lax.map(one, (keys, f, w0, labels0))
+        return jax.vmap(lambda *a: one(a))(keys, f, w0, labels0)
+
+    if mode == "map" and mesh is not None and mesh.size > 1:
+        b = PartitionSpec(AXIS)
+        return jax.shard_map(local, mesh=mesh, in_specs=(b, b, b, b, PartitionSpec()),
+                             out_specs=b, check_vma=False)(keys, f, w0, labels0, hyper)
+    return local(keys, f, w0, labels0, hyper)
+
+
+def _global(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array (the same in every process) as a global array of ``sharding``: each
+    process places only the shards of its own devices."""
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def _fetch(tree):
+    """The arrays of ``tree`` on the host, whole (gathered from every process when the job has
+    several)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.device_get(tree)
+
+
+def image_keys(key, b: int) -> jax.Array:
+    """The ``(b,)`` keys of a batch: ``jax.random.split(key, b)`` for one key, or ``key`` itself
+    when it already holds ``b`` keys (one per image)."""
+    try:
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == (b,):
+            return key
+    except AttributeError:
+        pass
+    return jax.random.split(api.check_key(key), b)
 
 
 def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
@@ -60,14 +102,16 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
 
     Args:
       key: ``jax.random.key``; image ``i`` uses ``jax.random.split(key, B)[i]`` and gets the
-        result of ``segment(keys[i], images[i], ...)`` (up to the float rounding of batched
-        convolutions: a pixel or two of a mask may differ).
+        result of ``segment(keys[i], images[i], ...)`` (up to float rounding: a pixel or two
+        of a mask may differ). A ``(B,)`` array of keys gives each image its own.
       images: ``(B, *image)`` array or a sequence of ``B`` arrays of one shape; each image as
         :func:`self2seg_jax.segment` takes it (``channel_axis`` counts the image's axes).
       init: one start for every image (``"otsu"``, a threshold, :class:`Boxes`, ...) or a
         list of ``B`` starts.
       mesh: a 1-D :class:`jax.sharding.Mesh` with axis ``"batch"`` (default:
-        :func:`batch_mesh` over every device).
+        :func:`batch_mesh` over every device — of every process after
+        :func:`self2seg_jax.distributed.initialize`, where each process must pass the same
+        images and gets the whole result).
       Other arguments: as :func:`self2seg_jax.segment` (no progress callback).
 
     Returns:
@@ -82,7 +126,7 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     inits = list(init) if isinstance(init, (list, tuple)) else [init] * b
     if len(inits) != b:
         raise ValueError(f"init: got {len(inits)} starts for {b} images")
-    keys = jax.random.split(api.check_key(key), b)
+    keys = image_keys(key, b)
     prepared = []
     for i, (img, ini) in enumerate(zip(imgs, inits)):
         try:
@@ -98,15 +142,15 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
     n_dev = mesh.shape[AXIS]
     padded = prepared + [prepared[-1]] * (-b % n_dev)  # a multiple of the device count
-    arrays = (jnp.stack([p.k_run for p in padded]), np.stack([p.f for p in padded]),
-              np.stack([p.start.weights for p in padded]),
+    arrays = (np.stack([np.asarray(jax.random.key_data(p.k_run)) for p in padded]),
+              np.stack([p.f for p in padded]), np.stack([p.start.weights for p in padded]),
               np.stack([p.start.labels for p in padded]))
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-    arrays = jax.device_put(arrays, sharding)
-    # one CPU device: the backend policy's "map" (batched convolutions are slow on XLA:CPU)
-    mode = "map" if n_dev == 1 and spec.batch == "map" else "vmap"
-    state = run_batch(*arrays, config.hyper(), spec, mode)
-    host = jax.device_get(state)
+    arrays = tuple(_global(a, sharding) for a in arrays)
+    hyper = jax.tree.map(lambda a: _global(np.asarray(a), NamedSharding(mesh, PartitionSpec())),
+                         config.hyper())
+    state = run_batch(*arrays, hyper, spec, spec.batch, mesh)
+    host = _fetch(state._replace(key=jax.random.key_data(state.key)))
     results = []
     for i, p in enumerate(prepared):
         s_i = jax.tree.map(lambda x, i=i: x[i], host)

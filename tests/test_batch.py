@@ -97,3 +97,20 @@ def test_batch_sharded_over_four_forced_cpu_devices(tmp_path):
 def test_batch_mesh_default_is_every_device():
     m = batch.batch_mesh()
     assert m.axis_names == ("batch",) and m.shape["batch"] == jax.device_count()
+
+
+def test_item_and_per_image_keys(blobs, const_config):
+    """``item(i)`` is image i's result as ``segment`` returns it; a ``(B,)`` key array gives
+    every image its own key (the command line's one key per file)."""
+    keys = jax.numpy.stack([jax.random.key(9)] * len(blobs))
+    res = s2s.segment_batch(keys, blobs, config=const_config)
+    for i, img in enumerate(blobs):
+        one = s2s.segment(jax.random.key(9), img, config=const_config)
+        it = res.item(i)
+        assert not it.batched and it.num_outer == one.num_outer and it.status == one.status
+        np.testing.assert_array_equal(it.mask, one.mask)
+        assert it.energies.shape == one.energies.shape
+        assert it.train_steps.shape == one.train_steps.shape
+        np.testing.assert_allclose(it.energies, one.energies, rtol=1e-5)
+    with pytest.raises(ValueError, match="batched"):
+        one.item(0)

@@ -170,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--clean", type=Path, metavar="IMAGE",
                     help="clean image: report PSNR and SSIM of the denoised image")
     ge.add_argument("--png", action="store_true", help="write the mask as PNG instead of TIFF")
+    gd = seg.add_argument_group(
+        "many processes (one per host or SLURM task; see the README)")
+    gd.add_argument("--distributed", action="store_true",
+                    help="join a jax.distributed job: files of one shape are segmented as "
+                    "global batches over every process's devices, the others are split "
+                    "between processes; each output is written once; process 0 prints the "
+                    "summary")
+    gd.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                    help="process 0's address (with --num-processes and --process-id; without "
+                    "the three the cluster's environment is read, e.g. SLURM)")
+    gd.add_argument("--num-processes", type=int, default=None, metavar="N")
+    gd.add_argument("--process-id", type=int, default=None, metavar="I")
 
     demo = sub.add_parser(
         "demo", help="run on the bundled DSB2018 nuclei sample with added noise",

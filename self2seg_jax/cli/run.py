@@ -242,8 +242,9 @@ def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=
 
 
 def process(args, config, extra, image, name: str, *, init, init_desc, gt=None, clean=None,
-            inputs=(), extra_outputs=None, t_read: float = 0.0) -> dict:
-    """Segment one image and write its outputs; returns its report."""
+            inputs=(), extra_outputs=None, t_read: float = 0.0, segmented=None) -> dict:
+    """Segment one image and write its outputs; returns its report. ``segmented``: its
+    ``(result, timings, warnings)`` when it was segmented already (a batch)."""
     seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
     kw = layout_options(args)
     extra_outputs = dict(extra_outputs or {})
@@ -255,7 +256,8 @@ def process(args, config, extra, image, name: str, *, init, init_desc, gt=None, 
     if clean is not None and clean.shape != image.shape:
         raise CLIError(f"clean image {args.clean} has shape {clean.shape}, the image has shape "
                        f"{image.shape}")
-    res, timings, msgs = segment_image(args, config, image, init=init, seed=seed, kw=kw, name=name)
+    res, timings, msgs = segmented or segment_image(args, config, image, init=init, seed=seed,
+                                                    kw=kw, name=name)
     timings["read_s"] = round(t_read, 4)
     report = rpt.run_report(name=name, image=image, config=config, seed=seed, init_desc=init_desc,
                             layout={k: v for k, v in kw.items() if k != "num_classes"}, res=res,
@@ -271,9 +273,32 @@ def process(args, config, extra, image, name: str, *, init, init_desc, gt=None, 
 # commands
 
 
+def _join_job(args) -> tuple[int, int]:
+    """``(process id, process count)``: 0 and 1, or this process's place in the
+    ``--distributed`` job (joined here, before any JAX computation)."""
+    given = [v is not None for v in (args.coordinator, args.num_processes, args.process_id)]
+    if not args.distributed:
+        if any(given):
+            raise CLIError("--coordinator/--num-processes/--process-id need --distributed")
+        return 0, 1
+    from self2seg_jax import distributed
+
+    # stdout carries the summary alone: the collectives' libraries (gloo) print to the C-level
+    # stdout, which from here on goes to stderr
+    sys.stdout.flush()
+    args.summary_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise CLIError(f"--distributed: {e}") from None
+    return distributed.process_index(), distributed.process_count()
+
+
 def cmd_segment(args) -> int:
     config, extra = config_from_args(args)
     init_kind, init_val = resolve_init(args, extra)
+    pid, nproc = _join_job(args)
     check_outdir(args.outdir)
     use_compile_cache(args)
     kw = layout_options(args)
@@ -292,48 +317,132 @@ def cmd_segment(args) -> int:
     if init_kind == "mask":
         inputs.append(init_val)
 
-    summaries, codes, used = [], [], set()
     n = len(args.images)
-    for i, path in enumerate(args.images, 1):
+    names, used = [], set()
+    for path in args.images:
         name, k = path.stem, 1
         while name in used:
             name, k = f"{path.stem}_{k}", k + 1
         used.add(name)
-        prefix = f"[{i}/{n}] " if n > 1 else ""
+        names.append(name)
+
+    def load(i):
+        """``(image, init, t_read)`` of file ``i``; raises CLIError/OSError on a bad file."""
+        path = args.images[i]
+        t0 = time.perf_counter()
+        image = read(path, allow_nd=nd)
+        t_read = time.perf_counter() - t0
+        if image.ndim == 3 and not nd:
+            raise CLIError(f"{path}: has 3 axes {image.shape}; pass --channel-axis -1 for a "
+                           "colour image or --volume for a (z, y, x) stack")
+        if init_kind == "mask" and init_mask.shape != spatial_shape(image, kw):
+            raise CLIError(f"--init mask {init_val} has shape {init_mask.shape}, the "
+                           f"image has shape {image.shape}")
+        return image, (init_mask if init_kind == "mask" else init_val), t_read
+
+    def one_file(i, segmented=None, loaded=None):
+        """Process file ``i``; returns its summary row (errors are rows, not exceptions)."""
+        path = args.images[i]
+        prefix = f"[{i + 1}/{n}] " if n > 1 else ""
         try:
-            t0 = time.perf_counter()
-            image = read(path, allow_nd=nd)
-            t_read = time.perf_counter() - t0
-            if image.ndim == 3 and not nd:
-                raise CLIError(f"{path}: has 3 axes {image.shape}; pass --channel-axis -1 for a "
-                               "colour image or --volume for a (z, y, x) stack")
-            init = init_val
-            if init_kind == "mask":
-                if init_mask.shape != spatial_shape(image, kw):
-                    raise CLIError(f"--init mask {init_val} has shape {init_mask.shape}, the "
-                                   f"image has shape {image.shape}")
-                init = init_mask
+            image, init, t_read = loaded or load(i)
             log(args, f"{prefix}{path}: {'x'.join(map(str, image.shape))} {image.dtype}")
-            rep = process(args, config, extra, image, name, init=init, init_desc=init_desc,
-                          gt=gt, clean=clean, inputs=inputs, t_read=t_read)
-            summaries.append({"file": str(path), "ok": True, **rpt.short(rep)})
+            rep = process(args, config, extra, image, names[i], init=init, init_desc=init_desc,
+                          gt=gt, clean=clean, inputs=inputs, t_read=t_read, segmented=segmented)
             log(args, rpt.done_line(prefix, path, rep))
+            return {"file": str(path), "ok": True, **rpt.short(rep)}
         except KeyboardInterrupt:
             raise
         except Exception as e:
             if args.debug:
                 raise
             code, msg = classify(e)
-            codes.append(code)
             msg = msg if msg.startswith(str(path)) else f"{path}: {msg}"
             error(args, msg)
-            summaries.append({"file": str(path), "ok": False, "error": msg})
+            return {"file": str(path), "ok": False, "error": msg, "code": code}
+
+    if nproc == 1 and not args.distributed:
+        rows = [one_file(i) for i in range(n)]
+    else:
+        rows = _distributed_rows(args, config, extra, n, pid, nproc, load, one_file)
+    return _finish(args, rows, pid, nproc)
+
+
+def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> list[dict]:
+    """This process's share of a ``--distributed`` run: every process reads every file; files
+    of a shape that several share form a global batch (:func:`self2seg_jax.segment_batch`
+    over all processes' devices, every image with the key of a one-process run), file ``j``
+    of a batch written by process ``j mod N``; the other files go to processes in turn
+    (:func:`self2seg_jax.distributed.assign`). A batch that fails falls back to files one by
+    one, so a bad image gets its own error."""
+    import jax
+    import jax.numpy as jnp
+
+    from self2seg_jax import distributed
+    from self2seg_jax.batch import segment_batch
+    from self2seg_jax.progress import compilations
+
+    loaded, groups = {}, {}
+    for i in range(n):
+        try:
+            loaded[i] = load(i)
+            groups.setdefault(loaded[i][0].shape, []).append(i)
+        except Exception:  # noqa: BLE001 — reported by the file's owner below
+            pass
+    batches = [g for g in groups.values() if len(g) > 1]
+    in_batch = {i for g in batches for i in g}
+    singles = [i for i in range(n) if i not in in_batch]
+    rows = []
+    seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
+    kw = layout_options(args)
+    for g in batches:
+        mine = distributed.assign(len(g), nproc, pid)
+        t0 = time.perf_counter()
+        try:
+            with _warnings.catch_warnings(record=True) as caught, compilations() as watch:
+                _warnings.simplefilter("always")
+                keys = jnp.stack([jax.random.key(seed)] * len(g))
+                res = segment_batch(keys, [loaded[i][0] for i in g],
+                                    init=[loaded[i][1] for i in g], config=config, **kw)
+        except Exception as e:  # noqa: BLE001 — the same in every process: go file by file
+            if args.debug:
+                raise
+            log(args, f"batch of {len(g)} files failed ({_one_line(e)}); one by one")
+            singles += g
+            continue
+        msgs = [_one_line(w.message) for w in caught if issubclass(w.category, Warning)]
+        t = time.perf_counter() - t0
+        timings = {"segment_s": round(t, 4), "compile_s": round(watch["seconds"], 4),
+                   "includes_compilation": watch["count"] > 0, "cache_hits": watch["cache_hits"],
+                   "batch_size": len(g), "batch_processes": nproc}
+        for j in mine:
+            rows.append(one_file(g[j], segmented=(res.item(j), dict(timings), msgs),
+                                 loaded=loaded[g[j]]))
+    singles.sort()
+    for j in distributed.assign(len(singles), nproc, pid):
+        rows.append(one_file(singles[j], loaded=loaded.get(singles[j])))
+    for r in rows:
+        r["process"] = pid
+    if nproc > 1:
+        rows = sum(distributed.gather(rows), [])
+    order = {str(p): k for k, p in enumerate(args.images)}
+    return sorted(rows, key=lambda r: order[r["file"]])
+
+
+def _finish(args, rows: list[dict], pid: int, nproc: int) -> int:
+    """The run's end: one count line and (``--json``) one summary, from process 0 only; the
+    exit code of every process follows the whole job's rows."""
+    n = len(rows)
+    codes = [r.pop("code") for r in rows if not r["ok"]]
     failed = len(codes)
-    if n > 1:
-        log(args, f"{n - failed} of {n} files done" + (f", {failed} failed" if failed else ""))
-    if args.json:
-        print(json.dumps(rpt.json_safe({"results": summaries, "ok": n - failed, "failed": failed}),
-                         indent=2), flush=True)
+    if pid == 0:
+        if n > 1:
+            log(args, f"{n - failed} of {n} files done" + (f", {failed} failed" if failed else "")
+                + (f" ({nproc} processes)" if nproc > 1 else ""))
+        if args.json:
+            print(json.dumps(rpt.json_safe({"results": rows, "ok": n - failed,
+                                            "failed": failed}), indent=2), flush=True,
+                  file=getattr(args, "summary_out", None) or sys.stdout)
     if not failed:
         return EXIT_OK
     return EXIT_USAGE if EXIT_USAGE in codes else EXIT_FAIL

@@ -1,0 +1,113 @@
+"""One image or volume across several devices: the scheme with its spatial arrays sharded
+along the first spatial axis over a device-mesh axis named ``"space"``.
+
+:func:`self2seg_jax.segment` with ``mesh=space_mesh()`` runs :func:`run_space` (or
+:func:`iterate_space` when progress is reported): the same compiled scheme as
+:func:`self2seg_jax.alternating.run`, its image, region weights, relaxed mask, dual field,
+labels and expert outputs constrained to ``PartitionSpec(..., "space", ...)``; XLA's SPMD
+partitioner splits the work and inserts the communication (the halo rows of the grad/div
+stencils, the sums of energies, gaps and means over the whole image, the crops that the
+experts' training reads from other shards). The result equals the unsharded run up to float
+rounding (sums are taken in another order): the tests allow a few pixels of the mask.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from self2seg_jax import alternating, progress
+
+SPACE = "space"
+
+
+def space_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``"space"`` over ``devices`` (default: ``jax.devices()``)."""
+    devs = np.asarray(jax.devices() if devices is None else list(devices))
+    return Mesh(devs.reshape(-1), (SPACE,))
+
+
+def check_mesh(mesh) -> Mesh:
+    """``mesh`` if it is a :class:`jax.sharding.Mesh` with a ``"space"`` axis; ``ValueError``
+    otherwise."""
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if SPACE not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named {SPACE!r} (see space_mesh()), got axes "
+                         f"{mesh.axis_names}")
+    return mesh
+
+
+def spatial_sharding(mesh: Mesh, ndim_total: int, ndim: int) -> NamedSharding:
+    """The sharding of a ``(*lead, *s)`` array (``ndim_total`` axes, ``ndim`` spatial) split
+    along its first spatial axis."""
+    lead = ndim_total - ndim
+    return NamedSharding(mesh, PartitionSpec(*([None] * lead + [SPACE])))
+
+
+def _space(a, mesh: Mesh, ndim: int):
+    return lax.with_sharding_constraint(a, spatial_sharding(mesh, a.ndim, ndim))
+
+
+def _constrain(s: alternating.State, mesh: Mesh, ndim: int) -> alternating.State:
+    """The state's spatial arrays split along the first spatial axis, everything else (expert
+    parameters, key, bookkeeping) replicated."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    s = jax.tree.map(lambda a: lax.with_sharding_constraint(a, rep), s)
+    c = functools.partial(_space, mesh=mesh, ndim=ndim)
+    return s._replace(u=c(s.u), p=tuple(c(q) for q in s.p), labels=c(s.labels), w=c(s.w),
+                      den=c(s.den))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _init_space(key, f, w0, labels0, spec: alternating.Spec, mesh: Mesh) -> alternating.State:
+    c = functools.partial(_space, mesh=mesh, ndim=spec.ndim)
+    return _constrain(alternating.init_state(key, c(f), c(w0), c(labels0), spec), mesh, spec.ndim)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _step_space(s, f, hyper, spec: alternating.Spec, mesh: Mesh) -> alternating.State:
+    f = _space(f, mesh, spec.ndim)
+    return _constrain(alternating.outer_step(_constrain(s, mesh, spec.ndim), f, hyper, spec),
+                      mesh, spec.ndim)
+
+
+def _replicated(args, mesh: Mesh):
+    """The inputs placed on every device of ``mesh`` (committed: the compiled step then splits
+    them as its constraints say instead of choosing input layouts of its own)."""
+    return jax.device_put(args, NamedSharding(mesh, PartitionSpec()))
+
+
+def run_space(key, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec,
+              mesh: Mesh) -> alternating.State:
+    """:func:`self2seg_jax.alternating.run` with the spatial arrays sharded over ``mesh``'s
+    ``"space"`` axis (first spatial axis); arguments as there. Returns the final state, its
+    spatial arrays sharded."""
+    return _run_space(*_replicated((key, f, w0, labels0, hyper), mesh), spec, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _run_space(key, f, w0, labels0, hyper, spec, mesh):
+    s = _init_space(key, f, w0, labels0, spec, mesh)
+    f = _space(f, mesh, spec.ndim)
+
+    def body(c):
+        return _constrain(alternating.outer_step(c, f, hyper, spec), mesh, spec.ndim)
+
+    s = lax.while_loop(lambda c: c.status == alternating.RUNNING, body, s)
+    return _constrain(s, mesh, spec.ndim)
+
+
+def iterate_space(key, f, w0, labels0, hyper, spec, mesh: Mesh, callback) -> alternating.State:
+    """:func:`run_space` driven from Python with a progress ``callback`` (as
+    :func:`self2seg_jax.alternating.iterate`)."""
+    key, f, w0, labels0, hyper = _replicated((key, f, w0, labels0, hyper), mesh)
+    s = _init_space(key, f, w0, labels0, spec, mesh)
+    while int(s.status) == alternating.RUNNING:
+        s = _step_space(s, f, hyper, spec, mesh)
+        callback(progress.event_of(s))
+    return s

@@ -1,0 +1,95 @@
+"""One image across devices (``segment(..., mesh=space_mesh())``): on 4 forced CPU devices the
+result equals the single-device run and the device arrays really are split along the first
+spatial axis; the mesh is checked before anything runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import self2seg_jax as s2s
+from self2seg_jax import sharding
+
+FORCED = textwrap.dedent("""
+    import time
+    import jax, numpy as np, self2seg_jax as s2s
+    from self2seg_jax import api, sharding
+    assert jax.device_count() == 4, jax.devices()
+    mesh = s2s.space_mesh()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:38, :30]  # 38 rows: not a multiple of 4 (uneven shards)
+    img = (0.3 + 0.4 * ((yy - 19) ** 2 + (xx - 14) ** 2 < 80)
+           + 0.1 * rng.standard_normal((38, 30))).astype("float32")
+    vol = np.stack([img[12:28, 6:22]] * 8) + 0.05 * rng.standard_normal((8, 16, 16))
+    cases = [
+        ("const", img, {}, s2s.Self2SegConfig(lam=0.05, mu=0.0, fg_expert="constant",
+                                              bg_expert="constant", max_outer=4)),
+        ("n2f", img, {}, s2s.Self2SegConfig(lam=0.02, mu=0.0, net_width=8, net_depth=2,
+                                            train_max_steps=30, train_min_steps=10,
+                                            train_patience=10, max_outer=3, crop_size=8)),
+        ("volume", vol.astype("float32"), {"volume": True},
+         s2s.Self2SegConfig(lam=0.02, mu=0.0, net_width=4, net_depth=2, train_max_steps=20,
+                            train_min_steps=10, train_patience=10, max_outer=2, crop_size=8,
+                            tile_size=8)),
+    ]
+    for name, im, kw, cfg in cases:
+        t0 = time.perf_counter()
+        one = s2s.segment(jax.random.key(3), im, config=cfg, **kw)
+        sh = s2s.segment(jax.random.key(3), im, config=cfg, mesh=mesh, **kw)
+        differ = int((one.mask != sh.mask).sum())
+        assert differ <= 2, (name, differ)
+        assert sh.num_outer == one.num_outer, name
+        np.testing.assert_allclose(sh.denoised, one.denoised, atol=2e-3, err_msg=name)
+        if name == "const":  # progress reported: the Python-driven loop, same result
+            events = []
+            sh2 = s2s.segment(jax.random.key(3), im, config=cfg, mesh=mesh,
+                              progress=events.append, **kw)
+            assert (sh2.mask == sh.mask).all() and len(events) == sh.num_outer, name
+        print(name, round(time.perf_counter() - t0, 1), flush=True)
+    # the device arrays are split along the first spatial axis over the 4 devices (40 rows:
+    # a jax.Array holds even shards only; uneven ones stay split inside the program alone)
+    cfg = cases[0][3]
+    p = api.prepare(jax.random.key(3), np.concatenate([img, img[:2]]), config=cfg)
+    st = sharding.run_space(p.k_run, p.f, p.start.weights, p.start.labels, cfg.hyper(), p.spec,
+                            mesh)
+    for a in (st.u, st.labels, st.w, st.den):
+        assert len(a.sharding.device_set) == 4, a.sharding
+        spec = tuple(a.sharding.spec) + (None,) * a.ndim
+        assert spec[a.ndim - 2] == "space", (a.shape, a.sharding.spec)
+        rows = sorted(s.data.shape[a.ndim - 2] for s in a.addressable_shards)
+        assert rows == [10, 10, 10, 10], rows
+    print("OK")
+""")
+
+
+def test_space_sharding_over_four_forced_cpu_devices(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", FORCED], capture_output=True, text=True,
+                       timeout=900, env=env, cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.strip().endswith("OK"), p.stderr[-3000:]
+
+
+def test_space_mesh_is_checked_before_running(blob32, const_config):
+    img, _ = blob32
+    bad = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+    with pytest.raises(ValueError, match="axis named 'space'"):
+        s2s.segment(jax.random.key(0), img, config=const_config, mesh=bad)
+    with pytest.raises(ValueError, match="Mesh"):
+        s2s.segment(jax.random.key(0), img, config=const_config, mesh="space")
+
+
+def test_space_mesh_on_one_device_equals_plain_run(blob32, const_config):
+    img, _ = blob32
+    mesh = sharding.space_mesh(jax.devices()[:1])
+    assert mesh.axis_names == ("space",)
+    a = s2s.segment(jax.random.key(1), img, config=const_config)
+    b = s2s.segment(jax.random.key(1), img, config=const_config, mesh=mesh)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.num_outer == b.num_outer
