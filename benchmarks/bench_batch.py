@@ -5,7 +5,9 @@ Gaussian noise std 30 (seed = patch index), default configuration, key 0. Both p
 compiled first (a call on the same shapes) and then timed: images per second, the mean
 number of outer iterations against the batch's maximum (the vmapped loop runs until the
 slowest member stops), and the fraction of mask pixels that differ between the two paths.
-Writes ``results/batch/batch_<backend>_<n>.json``.
+Writes ``results/batch/batch_<backend>[_d<devices>]_<n>.json``. On forced CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=4``) the devices share the same cores:
+the figure shows the overhead of sharding, not a speed-up.
 
     python benchmarks/bench_batch.py --n 16
 """
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     res = s2s.segment_batch(key, imgs, config=cfg)
     t_batch = time.perf_counter() - t
     row = {
-        "n": args.n, "size": 128, "loop_s": round(t_loop, 2), "batch_s": round(t_batch, 2),
+        "n": args.n, "size": 128, "devices": jax.device_count(), "loop_s": round(t_loop, 2), "batch_s": round(t_batch, 2),
         "loop_images_per_s": round(args.n / t_loop, 3),
         "batch_images_per_s": round(args.n / t_batch, 3),
         "speedup": round(t_loop / t_batch, 3),
@@ -64,7 +66,9 @@ def main(argv=None) -> int:
     }
     print(json.dumps({k: v for k, v in row.items() if k != "machine"}))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"batch_{jax.default_backend()}_{args.n}.json").write_text(
+    d = jax.device_count()
+    (args.out / f"batch_{jax.default_backend()}{f'_d{d}' if d > 1 else ''}_{args.n}.json"
+     ).write_text(
         json.dumps(row, indent=1) + "\n")
     return 0
 

@@ -44,13 +44,13 @@ def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.
     (typed keys or their ``uint32`` key data), ``f`` ``(B, ...)``, ``w0`` ``(B, C, *s)``,
     ``labels0`` ``(B, *s)`` (one ``hyper``).
 
-    ``mode="vmap"``: one batched program (accelerators: its sharding follows the inputs'; the
-    batched ``while_loop`` runs until its slowest member stops); ``"map"``: the images one
-    after the other inside the program (CPU, where batched convolutions are slower than a
-    loop), each with its own stopping. With a ``mesh`` and ``"map"`` every device maps over its
-    own shard of the batch (``shard_map`` over the ``"batch"`` axis: no communication, and a
-    device that finishes early does not wait for the others inside the program). Returns the
-    batched final :class:`~self2seg_jax.alternating.State`."""
+    ``mode="vmap"``: one batched program (accelerators; the batched ``while_loop`` runs until
+    its slowest member stops); ``"map"``: the images one after the other inside the program
+    (CPU, where batched convolutions are slower than a loop), each with its own stopping. With
+    a ``mesh`` of several devices every device runs its own shard of the batch (``shard_map``
+    over the ``"batch"`` axis): no communication between devices while the scheme runs, and a
+    device whose images stop early does not wait for another device's slowest image. Returns
+    the batched final :class:`~self2seg_jax.alternating.State`."""
 
     def local(keys, f, w0, labels0, hyper):
         if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
@@ -60,7 +60,7 @@ def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.
             return lax.map(one, (keys, f, w0, labels0))
         return jax.vmap(lambda *a: one(a))(keys, f, w0, labels0)
 
-    if mode == "map" and mesh is not None and mesh.size > 1:
+    if mesh is not None and mesh.size > 1:
         b = PartitionSpec(AXIS)
         return jax.shard_map(local, mesh=mesh, in_specs=(b, b, b, b, PartitionSpec()),
                              out_specs=b, check_vma=False)(keys, f, w0, labels0, hyper)

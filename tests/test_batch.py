@@ -79,9 +79,12 @@ FORCED = textwrap.dedent("""
     args = jax.device_put((jax.numpy.stack([p.k_run for p in ps]), np.stack([p.f for p in ps]),
                            np.stack([p.start.weights for p in ps]),
                            np.stack([p.start.labels for p in ps])), sh)
-    st = batch.run_batch(*args, cfg.hyper(), ps[0].spec)
-    assert len(st.labels.sharding.device_set) == 4, st.labels.sharding
-    assert st.labels.addressable_shards[0].data.shape == (1, 24, 24)
+    for mode in ("vmap", "map"):  # each device runs its own shard (shard_map) either way
+        st = batch.run_batch(*args, cfg.hyper(), ps[0].spec, mode, batch.batch_mesh())
+        assert len(st.labels.sharding.device_set) == 4, st.labels.sharding
+        assert st.labels.addressable_shards[0].data.shape == (1, 24, 24)
+        for i in range(4):
+            assert ((np.asarray(st.labels[i]) > 0) == res.mask[i]).all(), (mode, i)
     print("OK")
 """)
 
