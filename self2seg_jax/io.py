@@ -4,6 +4,8 @@ Reading: TIFF (8/16/32-bit integer or float), PNG, JPEG and ``.npy``; 2-D greysc
 only. A multi-page TIFF, a stack or an image with colour channels is rejected with a message
 naming the file and the supported shapes (an RGB(A) PNG/JPEG whose three colour channels are
 identical and whose alpha, if any, is constant is accepted as the greyscale image it is).
+OME-Zarr (OME-NGFF) images: :func:`read_ome_zarr` (level 0 and the axes of its metadata) and
+:func:`write_ome_zarr` (written as a directory, atomically renamed into place).
 
 Writing is atomic: the data go to a hidden temporary file in the target folder, which is then
 renamed over the target (``os.replace``), so an interrupted run never leaves a half-written
@@ -224,17 +226,27 @@ class AtomicGroup:
     def __exit__(self, *exc) -> None:
         self.abort()
 
-    def add(self, path, writer: Callable[[str], None]) -> None:
+    def add(self, path, writer: Callable[[str], None], *, directory: bool = False) -> None:
+        """Write ``path`` through ``writer(tmp)`` now, rename it at :meth:`commit`.
+        ``directory``: the target is a directory (``writer`` fills an empty temporary one)."""
         path = Path(path)
-        _check_target(path, self.overwrite)
+        if directory:
+            if path.exists() and not path.is_dir():
+                raise FileExistsError(f"{path}: exists and is not a directory")
+            if path.exists() and not self.overwrite:
+                raise FileExistsError(f"{path}: exists (use overwrite / --overwrite to replace "
+                                      "it)")
+        else:
+            _check_target(path, self.overwrite)
         if any(path == q for _, q in self._pending):
             raise ValueError(f"{path}: written twice in one group")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_for(path)
+        tmp = (tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+               if directory else _tmp_for(path))
         try:
             writer(tmp)
         except BaseException:
-            _unlink_quiet(tmp)
+            _remove_quiet(tmp)
             raise
         self._pending.append((tmp, path))
 
@@ -247,21 +259,54 @@ class AtomicGroup:
     def figure(self, path, fig, dpi: int = 110) -> None:
         self.add(path, _figure_writer(fig, dpi))
 
+    def ome_zarr(self, path, array, axes: str, *, labels: bool = False) -> None:
+        """An OME-Zarr image (a directory): see :func:`write_ome_zarr`."""
+        self.add(path, _ome_zarr_writer(array, axes, labels), directory=True)
+
     def commit(self) -> list[Path]:
         if not self.overwrite:
             for _, path in self._pending:
-                _check_target(path, False)
+                if path.exists():
+                    raise FileExistsError(f"{path}: exists (use overwrite / --overwrite to "
+                                          "replace it)")
         while self._pending:
             tmp, path = self._pending[0]
-            os.replace(tmp, path)
+            if Path(tmp).is_dir():
+                _replace_dir(tmp, path)
+            else:
+                os.replace(tmp, path)
             self._pending.pop(0)
             self.committed.append(path)
         return list(self.committed)
 
     def abort(self) -> None:
         for tmp, _ in self._pending:
-            _unlink_quiet(tmp)
+            _remove_quiet(tmp)
         self._pending = []
+
+
+def _remove_quiet(tmp) -> None:
+    import shutil
+
+    if Path(tmp).is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _unlink_quiet(tmp)
+
+
+def _replace_dir(tmp, path: Path) -> None:
+    """Rename the directory ``tmp`` to ``path``; an existing ``path`` (overwrite) is moved
+    aside first and removed only after the new one is in place."""
+    import shutil
+
+    old = None
+    if path.exists():
+        old = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
+        os.rmdir(old)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _image_writer(path: Path, array) -> Callable[[str], None]:
@@ -331,3 +376,109 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# OME-Zarr (OME-NGFF): axes from the metadata, written atomically as directories
+
+ZARR_SUFFIX = ".zarr"  # also ".ome.zarr"
+OME_AXES = ("t", "c", "z", "y", "x")
+
+
+def is_ome_zarr(path) -> bool:
+    """Whether ``path`` names an OME-Zarr image (``.zarr`` / ``.ome.zarr``)."""
+    return Path(path).suffix.lower() == ZARR_SUFFIX
+
+
+def _ome_zarr_libs():
+    try:
+        import zarr  # noqa: F401
+        from ome_zarr import io as ome_io
+        from ome_zarr import reader as ome_reader
+        from ome_zarr import writer as ome_writer
+    except ImportError:
+        raise ImageReadError("OME-Zarr needs the 'ome-zarr' package: pip install "
+                             "'self2seg_jax[zarr]'") from None
+    return ome_io, ome_reader, ome_writer
+
+
+def read_ome_zarr(path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Level 0 of an OME-NGFF image and its axis names, as the metadata gives them.
+
+    A time axis of length 1 and a ``c`` or ``z`` axis of length 1 are dropped; the remaining
+    axes are some of ``c, z, y, x`` (in the file's order), ``y`` and ``x`` always present.
+
+    Raises:
+      ImageReadError: missing path, not an OME-Zarr image, no axes metadata (NGFF < 0.4),
+        a time series, an unknown axis, or unsupported pixels; the message starts with the path.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p}: not found")
+    ome_io, ome_reader, _ = _ome_zarr_libs()
+    try:
+        import contextlib
+        import logging
+
+        logging.getLogger("ome_zarr").setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(None):
+            loc = ome_io.parse_url(str(p), mode="r")
+            nodes = list(ome_reader.Reader(loc)()) if loc is not None else []
+    except Exception as e:  # noqa: BLE001 — any library error: a one-line message
+        raise ImageReadError(f"{p}: cannot read OME-Zarr ({type(e).__name__}: "
+                             f"{_one_line(e)})") from None
+    node = next((n for n in nodes if n.data and "axes" in n.metadata), None)
+    if node is None:
+        why = "no multiscale image with axes metadata (OME-NGFF >= 0.4)" if nodes else \
+            "not an OME-Zarr image"
+        raise ImageReadError(f"{p}: {why}")
+    axes = [a["name"] if isinstance(a, dict) else str(a) for a in node.metadata["axes"]]
+    a = np.asarray(node.data[0])
+    if len(axes) != a.ndim:
+        raise ImageReadError(f"{p}: {len(axes)} axes in the metadata for an array of shape "
+                             f"{a.shape}")
+    unknown = [n for n in axes if n not in OME_AXES]
+    if unknown or "y" not in axes or "x" not in axes:
+        raise ImageReadError(f"{p}: axes {axes}; supported: some of {OME_AXES} with y and x")
+    for name in ("t", "z", "c"):
+        if name in axes and a.shape[axes.index(name)] == 1:
+            a = a.squeeze(axes.index(name))
+            axes.remove(name)
+    if "t" in axes:
+        raise ImageReadError(f"{p}: a time series ({a.shape[axes.index('t')]} time points); "
+                             "segment one time point at a time")
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ImageReadError(f"{p}: unsupported pixel type {a.dtype}")
+    return a, tuple(axes)
+
+
+def _ome_zarr_writer(array, axes: str, labels: bool) -> Callable[[str], None]:
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    if len(axes) != a.ndim:
+        raise ValueError(f"axes {axes!r} do not match an array of shape {a.shape}")
+
+    def writer(tmpdir):
+        import zarr
+
+        _, _, ome_writer = _ome_zarr_libs()
+        root = zarr.open_group(tmpdir, mode="w")
+        ome_writer.write_image(a, root, axes=list(axes), scale_factors=[])
+        if labels:  # the same mask as a label image, so viewers (napari) show it as labels
+            ome_writer.write_labels(a, root, name="mask", axes=list(axes), scaler=None,
+                                    scale_factors=[])
+
+    return writer
+
+
+def write_ome_zarr(path, array, axes: str, *, labels: bool = False,
+                   overwrite: bool = False) -> Path:
+    """Write ``array`` (axes named by ``axes``, e.g. ``"zyx"``) as a one-level OME-Zarr image,
+    atomically (a hidden temporary directory renamed into place); ``labels`` adds it as the
+    label image ``labels/mask`` too."""
+    with AtomicGroup(overwrite=overwrite) as g:
+        g.ome_zarr(path, array, axes, labels=labels)
+        return g.commit()[0]

@@ -111,6 +111,25 @@ def spatial_shape(image, kw) -> tuple:
     return tuple(shape)
 
 
+def zarr_layout(args, path: Path, axes: tuple) -> dict:
+    """The ``segment`` layout options of an OME-Zarr image, from its axes metadata (``c`` ->
+    channel axis, ``z`` -> volume); flags that contradict the metadata are an error."""
+    kw = {k: v for k, v in layout_options(args).items() if k in ("num_classes", "spacing")}
+    meta = {"channel_axis": axes.index("c") if "c" in axes else None, "volume": "z" in axes}
+    flag_c = getattr(args, "channel_axis", None)
+    if flag_c is not None and (meta["channel_axis"] is None
+                               or flag_c % len(axes) != meta["channel_axis"]):
+        raise CLIError(f"{path}: --channel-axis {flag_c} contradicts the OME-Zarr axes "
+                       f"{''.join(axes)}; drop it (the metadata says where the channels are)")
+    if getattr(args, "volume", False) and not meta["volume"]:
+        raise CLIError(f"{path}: --volume, but the OME-Zarr axes {''.join(axes)} have no z")
+    if meta["channel_axis"] is not None:
+        kw["channel_axis"] = meta["channel_axis"]
+    if meta["volume"]:
+        kw["volume"] = True
+    return kw
+
+
 def resolve_init(args, extra):
     """``(kind, value)``: ``('otsu', 'otsu')``, ``('threshold', float)``, ``('mask', Path)``
     or ``('boxes', Boxes)``."""
@@ -140,27 +159,29 @@ def resolve_init(args, extra):
 # the steps of one file
 
 
-def plan_outputs(args, outdir: Path, name: str, kw: dict, inputs, extra_names=()) -> dict:
+def plan_outputs(args, outdir: Path, name: str, kw: dict, inputs, extra_names=(),
+                 zarr: bool = False) -> dict:
     """Output paths of one input, checked: never an input file, nothing existing unless
-    ``--overwrite``."""
+    ``--overwrite``. ``zarr``: mask and denoised image as OME-Zarr (an OME-Zarr input)."""
     png = getattr(args, "png", False)
     if png and kw.get("volume"):
         raise CLIError("--png cannot hold a 3-D mask; drop --png for volumes")
+    mask_ext = ".ome.zarr" if zarr else (".png" if png else ".tif")
     paths = {
-        "mask": outdir / f"{name}_mask{'.png' if png else '.tif'}",
-        "denoised": outdir / f"{name}_denoised.tif",
+        "mask": outdir / f"{name}_mask{mask_ext}",
+        "denoised": outdir / f"{name}_denoised{'.ome.zarr' if zarr else '.tif'}",
         "overlay": outdir / f"{name}_overlay.png",
         "report": outdir / f"{name}_report.json",
     }
     if kw.get("num_classes", 2) > 2:
-        paths["labels"] = outdir / f"{name}_labels.tif"
+        paths["labels"] = outdir / f"{name}_labels{'.ome.zarr' if zarr else '.tif'}"
     for n in extra_names:
         paths[Path(n).stem.removeprefix(f"{name}_")] = outdir / n
     resolved = {Path(p).resolve() for p in inputs if p is not None}
     for p in paths.values():
         if p.resolve() in resolved:
             raise CLIError(f"{p}: output would overwrite an input file; choose another -o")
-        if p.is_dir():
+        if p.is_dir() and not str(p).endswith(".zarr"):
             raise CLIError(f"{p}: output path is a directory")
         if p.exists() and not args.overwrite:
             raise CLIError(f"{p}: exists (use --overwrite to replace it)")
@@ -213,21 +234,33 @@ def _view2d(image, res, gt, kw):
 
 
 def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=None,
-                  extra_outputs=None) -> None:
-    """Figure, mask, denoised image, labels, extra arrays and the report, all-or-nothing."""
+                  extra_outputs=None, kw=None, axes=None) -> None:
+    """Figure, mask, denoised image, labels, extra arrays and the report, all-or-nothing.
+    ``axes``: the OME-Zarr axis names of an OME-Zarr input (its outputs are OME-Zarr too)."""
     import numpy as np
 
     from self2seg_jax import io, viz
 
     t1 = time.perf_counter()
-    im2, res2, gt2 = _view2d(image, res, gt, layout_options(args))
+    kw = layout_options(args) if kw is None else kw
+    im2, res2, gt2 = _view2d(image, res, gt, kw)
     fig = viz.overview_figure(im2, res2, gt=gt2, title=name)
+    spatial_axes = None if axes is None else "".join(a for a in axes if a != "c")
     try:
         with io.AtomicGroup(overwrite=args.overwrite) as group:
-            group.image(paths["mask"], res.mask.astype(np.uint8))
-            group.image(paths["denoised"], res.denoised.astype(np.float32))
-            if "labels" in paths:
-                group.image(paths["labels"], res.labels.astype(np.uint8))
+            if axes is not None:
+                group.ome_zarr(paths["mask"], res.mask.astype(np.uint8), spatial_axes,
+                               labels=True)
+                group.ome_zarr(paths["denoised"], res.denoised.astype(np.float32),
+                               "".join(axes))
+                if "labels" in paths:
+                    group.ome_zarr(paths["labels"], res.labels.astype(np.uint8), spatial_axes,
+                                   labels=True)
+            else:
+                group.image(paths["mask"], res.mask.astype(np.uint8))
+                group.image(paths["denoised"], res.denoised.astype(np.float32))
+                if "labels" in paths:
+                    group.image(paths["labels"], res.labels.astype(np.uint8))
             for key, arr in (extra_outputs or {}).items():
                 group.image(paths[key], arr)
             group.figure(paths["overlay"], fig)
@@ -242,13 +275,16 @@ def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=
 
 
 def process(args, config, extra, image, name: str, *, init, init_desc, gt=None, clean=None,
-            inputs=(), extra_outputs=None, t_read: float = 0.0, segmented=None) -> dict:
+            inputs=(), extra_outputs=None, t_read: float = 0.0, segmented=None,
+            kw=None, axes=None) -> dict:
     """Segment one image and write its outputs; returns its report. ``segmented``: its
-    ``(result, timings, warnings)`` when it was segmented already (a batch)."""
+    ``(result, timings, warnings)`` when it was segmented already (a batch); ``kw``: its
+    layout options (default: the flags'); ``axes``: OME-Zarr axis names (OME-Zarr input)."""
     seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
-    kw = layout_options(args)
+    kw = layout_options(args) if kw is None else kw
     extra_outputs = dict(extra_outputs or {})
-    paths = plan_outputs(args, args.outdir, name, kw, inputs, extra_outputs)
+    paths = plan_outputs(args, args.outdir, name, kw, inputs, extra_outputs,
+                         zarr=axes is not None)
     spatial = spatial_shape(image, kw)
     if gt is not None and gt.shape != spatial:
         raise CLIError(f"ground truth {args.gt} has shape {gt.shape}, the image has spatial "
@@ -265,7 +301,10 @@ def process(args, config, extra, image, name: str, *, init, init_desc, gt=None, 
     report.update(rpt.metrics_report(res, image, gt=gt, clean=clean))
     report["outputs"] = {k: str(v) for k, v in paths.items()}
     extra_by_key = {Path(n).stem.removeprefix(f"{name}_"): a for n, a in extra_outputs.items()}
-    write_outputs(args, paths, name, image, res, report, gt=gt, extra_outputs=extra_by_key)
+    if axes is not None:
+        report["axes"] = "".join(axes)
+    write_outputs(args, paths, name, image, res, report, gt=gt, extra_outputs=extra_by_key,
+                  kw=kw, axes=axes)
     return report
 
 
@@ -317,38 +356,49 @@ def cmd_segment(args) -> int:
     if init_kind == "mask":
         inputs.append(init_val)
 
+    from self2seg_jax import io
+
     n = len(args.images)
     names, used = [], set()
     for path in args.images:
-        name, k = path.stem, 1
+        stem = path.stem.removesuffix(".ome") if io.is_ome_zarr(path) else path.stem
+        name, k = stem, 1
         while name in used:
-            name, k = f"{path.stem}_{k}", k + 1
+            name, k = f"{stem}_{k}", k + 1
         used.add(name)
         names.append(name)
 
     def load(i):
-        """``(image, init, t_read)`` of file ``i``; raises CLIError/OSError on a bad file."""
+        """``(image, init, t_read, layout, axes)`` of file ``i`` (``axes``: an OME-Zarr's,
+        else None); raises CLIError/OSError on a bad file."""
         path = args.images[i]
         t0 = time.perf_counter()
-        image = read(path, allow_nd=nd)
+        axes = None
+        if io.is_ome_zarr(path):
+            image, axes = io.read_ome_zarr(path)
+            layout = zarr_layout(args, path, axes)
+        else:
+            image, layout = read(path, allow_nd=nd), kw
         t_read = time.perf_counter() - t0
-        if image.ndim == 3 and not nd:
+        if image.ndim == 3 and not layout:
             raise CLIError(f"{path}: has 3 axes {image.shape}; pass --channel-axis -1 for a "
                            "colour image or --volume for a (z, y, x) stack")
-        if init_kind == "mask" and init_mask.shape != spatial_shape(image, kw):
+        if init_kind == "mask" and init_mask.shape != spatial_shape(image, layout):
             raise CLIError(f"--init mask {init_val} has shape {init_mask.shape}, the "
                            f"image has shape {image.shape}")
-        return image, (init_mask if init_kind == "mask" else init_val), t_read
+        return image, (init_mask if init_kind == "mask" else init_val), t_read, layout, axes
 
     def one_file(i, segmented=None, loaded=None):
         """Process file ``i``; returns its summary row (errors are rows, not exceptions)."""
         path = args.images[i]
         prefix = f"[{i + 1}/{n}] " if n > 1 else ""
         try:
-            image, init, t_read = loaded or load(i)
-            log(args, f"{prefix}{path}: {'x'.join(map(str, image.shape))} {image.dtype}")
+            image, init, t_read, layout, axes = loaded or load(i)
+            log(args, f"{prefix}{path}: {'x'.join(map(str, image.shape))} {image.dtype}"
+                + (f" (OME-Zarr axes {''.join(axes)})" if axes else ""))
             rep = process(args, config, extra, image, names[i], init=init, init_desc=init_desc,
-                          gt=gt, clean=clean, inputs=inputs, t_read=t_read, segmented=segmented)
+                          gt=gt, clean=clean, inputs=inputs, t_read=t_read, segmented=segmented,
+                          kw=layout, axes=axes)
             log(args, rpt.done_line(prefix, path, rep))
             return {"file": str(path), "ok": True, **rpt.short(rep)}
         except KeyboardInterrupt:
@@ -386,7 +436,8 @@ def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> lis
     for i in range(n):
         try:
             loaded[i] = load(i)
-            groups.setdefault(loaded[i][0].shape, []).append(i)
+            layout = tuple(sorted(loaded[i][3].items()))
+            groups.setdefault((loaded[i][0].shape, layout, loaded[i][4]), []).append(i)
         except Exception:  # noqa: BLE001 — reported by the file's owner below
             pass
     batches = [g for g in groups.values() if len(g) > 1]
@@ -394,9 +445,9 @@ def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> lis
     singles = [i for i in range(n) if i not in in_batch]
     rows = []
     seed = args.seed if args.seed is not None else int(extra.get("seed", 0))
-    kw = layout_options(args)
     for g in batches:
         mine = distributed.assign(len(g), nproc, pid)
+        kw = loaded[g[0]][3]
         t0 = time.perf_counter()
         try:
             with _warnings.catch_warnings(record=True) as caught, compilations() as watch:
