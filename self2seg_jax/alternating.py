@@ -300,10 +300,23 @@ def iterate(key, f, w0, labels0, hyper: Hyper, spec: Spec,
     program out of JAX's persistent compilation cache, and would fix the callback at compile
     time. The per-iteration cost is one read of a few scalars.
     """
+    gen = states(key, f, w0, labels0, hyper, spec)
+    while True:
+        try:
+            s = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        callback(progress.event_of(s))
+
+
+def states(key, f, w0, labels0, hyper: Hyper, spec: Spec):
+    """Generator over the states after each outer iteration of :func:`run` (the same compiled
+    :func:`outer_step`, driven from Python); its return value is the final state. Closing it
+    early (``gen.close()``) stops the scheme between two outer iterations."""
     s = _init_jit(key, f, w0, labels0, spec)
     while int(s.status) == RUNNING:
         s = _step_jit(s, f, hyper, spec)
-        callback(progress.event_of(s))
+        yield s
     return s
 
 

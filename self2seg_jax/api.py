@@ -313,6 +313,34 @@ def segment(
     return result
 
 
+def segment_iter(key, image, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
+                 num_classes: int | None = None, channel_axis: int | None = None,
+                 volume: bool = False, spacing=None, class_experts=None):
+    """:func:`segment` as a generator: yields a :class:`self2seg_jax.progress.Event` after every
+    outer iteration and returns the :class:`Self2SegResult` (``StopIteration.value``). Input
+    errors are raised at the first ``next``, before anything is compiled; closing the
+    generator stops the run between two outer iterations (how a GUI cancels). Arguments as
+    :func:`segment`; the result equals ``segment``'s for the same key.
+    """
+    _check_config(config)
+    p = prepare(key, image, init=init, config=config, num_classes=num_classes,
+                channel_axis=channel_axis, volume=volume, spacing=spacing,
+                class_experts=class_experts)
+    gen = alternating.states(p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
+                             jnp.asarray(p.start.labels), config.hyper(), p.spec)
+    while True:
+        try:
+            s = next(gen)
+        except StopIteration as stop:
+            state = stop.value
+            break
+        yield _progress.event_of(s)
+    result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
+                          channel_axis=p.channel_axis)
+    check_pd_cap(result.pd_iterations, config)
+    return result
+
+
 def _check_config(config) -> None:
     if not isinstance(config, Self2SegConfig):
         raise ValueError(f"config must be a Self2SegConfig, got {type(config).__name__}")

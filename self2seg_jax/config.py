@@ -65,6 +65,9 @@ def backend_policy(backend: str | None = None) -> dict:
             "crop_batch": 2 if cpu else 16}
 
 
+PRESETS = ("nuclei", "textures", "paper")
+
+
 def _side(side_2d: int, ndim: int) -> int:
     """The even side of an ``ndim``-D cube with about as many pixels as a ``side_2d`` square."""
     return max(4, 2 * round(side_2d ** (2 / ndim) / 2))
@@ -162,6 +165,20 @@ class Self2SegConfig:
                     n_average=100, warm_start=False, max_outer=10, pd_max_iter=8000, pd_tol=1e-5,
                     pd_accelerated=True)
         return cls(**{**base, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> Self2SegConfig:
+        """A named starting point: ``"nuclei"`` (the defaults: a CNN foreground expert on a
+        constant background — objects brighter or darker than a flat background),
+        ``"textures"`` (two CNN experts, blind-spot data terms, ``mu = 0`` — regions that differ
+        in texture, not in mean: `benchmarks/results/textures_blind_spot.json`, where the
+        defaults fail) or ``"paper"`` (:meth:`paper`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+        if name == "paper":
+            return cls.paper(**overrides)
+        base = {"nuclei": {}, "textures": dict(bg_expert="n2f", data_term="blind_spot", mu=0.0)}
+        return cls(**{**base[name], **overrides})
 
     def replace(self, **changes) -> Self2SegConfig:
         return dataclasses.replace(self, **changes)

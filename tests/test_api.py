@@ -614,3 +614,34 @@ def test_all_class_permutations_of_boxes_are_consistent():
             np.testing.assert_allclose(r.energies, base.energies, rtol=1e-5)
         else:
             assert np.mean(relabelled != base.labels) < 0.01, perm
+
+
+def test_segment_iter_yields_each_outer_iteration_and_returns_segments_result(blob32,
+                                                                               const_config):
+    img, _ = blob32
+    gen = s2s.segment_iter(jax.random.key(4), img, config=const_config)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            res = stop.value
+            break
+    one = s2s.segment(jax.random.key(4), img, config=const_config)
+    np.testing.assert_array_equal(res.mask, one.mask)
+    assert [e.outer for e in events] == list(range(1, one.num_outer + 1))
+    np.testing.assert_allclose([e.energy for e in events], one.energies, rtol=1e-6)
+
+
+def test_segment_iter_checks_input_at_first_next_and_can_be_closed(blob32, const_config):
+    img, _ = blob32
+    bad = img.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        next(s2s.segment_iter(jax.random.key(0), bad, config=const_config))
+    gen = s2s.segment_iter(jax.random.key(0), img,
+                           config=const_config.replace(max_outer=50, mask_tol=0.0))
+    assert next(gen).outer == 1
+    gen.close()  # a GUI's Cancel: nothing else runs
+    with pytest.raises(StopIteration):
+        next(gen)

@@ -456,3 +456,13 @@ def test_module_constants():
     assert config.EXPERT_KINDS == ("n2f", "linear", "constant")
     assert CHOICES["fg_expert"] == CHOICES["bg_expert"] == EXPERT_KINDS
     assert CHOICES["data_term"] == ("output", "blind_spot")
+
+
+def test_presets():
+    assert Self2SegConfig.preset("nuclei") == Self2SegConfig()
+    tex = Self2SegConfig.preset("textures", lam=0.06)
+    assert (tex.bg_expert, tex.fg_expert, tex.data_term, tex.mu, tex.lam) == \
+        ("n2f", "n2f", "blind_spot", 0.0, 0.06)
+    assert Self2SegConfig.preset("paper") == Self2SegConfig.paper()
+    with pytest.raises(ValueError, match="unknown preset"):
+        Self2SegConfig.preset("cells")
