@@ -338,12 +338,13 @@ def apply_tiled(params: Any, f: jax.Array, kind: str, cfg: TrainConfig, tile: in
     counts, pads, starts = _tiling(spatial, tile, m)
     fp = jnp.pad(f, [(0, 0)] * lead + pads)
     vp = jnp.pad(jnp.ones(spatial, f.dtype), pads)
+    core = (Ellipsis,) + (slice(m, m + tile),) * nd
     net = _net(cfg)
 
-    def one(st):
+    def one(st):  # SAME convolutions (trimmed VALID ones gain nothing on large tiles)
         x = _windows(fp, nd, tile + 2 * m, st[None])[0]
         v = _windows(vp, nd, tile + 2 * m, st[None])[0]
-        return net.apply({"params": params}, x, v, trim=True)
+        return net.apply({"params": params}, x, v)[core]
 
     out = lax.map(one, starts)  # (T, *lead, tile^nd)
     out = out.reshape(counts + out.shape[1:])  # (*counts, *lead, *tile)
