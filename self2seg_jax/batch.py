@@ -1,4 +1,4 @@
-"""Batches of same-shape images in one compiled call, sharded over the devices of a mesh.
+"""Batches of same-shape images, sharded over the devices of a mesh.
 
 :func:`segment_batch` validates, normalises and starts every image on the host exactly as
 :func:`self2seg_jax.segment` does (image ``i`` with key ``jax.random.split(key, B)[i]``), then
@@ -6,8 +6,9 @@ runs the one alternating scheme over the batch in one jitted program, its batch 
 over a 1-D device mesh (axis ``"batch"``; default: every device, of every process in a
 :mod:`self2seg_jax.distributed` job). The backend policy picks how a device runs its share:
 ``vmap`` on accelerators, image after image (``lax.map``, under ``shard_map`` with several
-devices) on CPU. A batch whose size is not a multiple of the device count is padded with
-copies of its last image and unpadded on return.
+devices; on a single CPU device one compiled run after another, which measured faster there
+than a ``lax.map``: ``benchmarks/results/batch/``) on CPU. A batch whose size is not a multiple of the device count is padded with copies of its last
+image and unpadded on return.
 
 Under ``vmap`` the outer ``while_loop`` (and each W-step's training loop) runs until the
 slowest member has stopped; members that stopped earlier keep their state (JAX's batching rule
@@ -98,7 +99,7 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
                   num_classes: int = 2, channel_axis: int | None = None, volume: bool = False,
                   spacing=None, class_experts=None, mesh: Mesh | None = None
                   ) -> api.Self2SegResult:
-    """Self2Seg on ``B`` same-shape images in one compiled call.
+    """Self2Seg on ``B`` same-shape images (one compiled call per device share; no recompiles).
 
     Args:
       key: ``jax.random.key``; image ``i`` uses ``jax.random.split(key, B)[i]`` and gets the
@@ -141,6 +142,14 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     if AXIS not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
     n_dev = mesh.shape[AXIS]
+    if n_dev == 1 and spec.batch == "map" and jax.process_count() == 1:
+        # one CPU device: the images one after the other through segment's own compiled
+        # scheme (a lax.map over whole schemes measured slower on XLA:CPU than this loop)
+        hyper = config.hyper()
+        states = [jax.device_get(alternating.run(p.k_run, p.f, p.start.weights, p.start.labels,
+                                                 hyper, spec)) for p in prepared]
+        return _stack_results([_result(s_i, p, spec, config)
+                               for s_i, p in zip(states, prepared)], spec.max_outer)
     padded = prepared + [prepared[-1]] * (-b % n_dev)  # a multiple of the device count
     arrays = (np.stack([np.asarray(jax.random.key_data(p.k_run)) for p in padded]),
               np.stack([p.f for p in padded]), np.stack([p.start.weights for p in padded]),
@@ -151,14 +160,15 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
                          config.hyper())
     state = run_batch(*arrays, hyper, spec, spec.batch, mesh)
     host = _fetch(state._replace(key=jax.random.key_data(state.key)))
-    results = []
-    for i, p in enumerate(prepared):
-        s_i = jax.tree.map(lambda x, i=i: x[i], host)
-        res = api.build_result(s_i, spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                               channel_axis=p.channel_axis)
-        api.check_pd_cap(res.pd_iterations, config)
-        results.append(res)
-    return _stack_results(results, spec.max_outer)
+    return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, config)
+                           for i, p in enumerate(prepared)], spec.max_outer)
+
+
+def _result(state, p: api.Prepared, spec, config) -> api.Self2SegResult:
+    res = api.build_result(state, spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
+                           channel_axis=p.channel_axis)
+    api.check_pd_cap(res.pd_iterations, config)
+    return res
 
 
 def _as_batch(images) -> list[np.ndarray]:

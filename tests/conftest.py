@@ -107,3 +107,16 @@ def make_blob():
 @pytest.fixture(scope="session")
 def const_config():
     return TINY_CONST
+
+
+def run_on_forced_cpu_devices(code: str, cwd, n: int = 4, timeout: int = 900) -> None:
+    """Run the Python ``code`` in a subprocess that sees ``n`` forced CPU devices; it must exit
+    0 and print ``OK`` last (its stderr tail is the failure message)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=cwd)
+    assert p.returncode == 0 and p.stdout.strip().endswith("OK"), p.stderr[-3000:]

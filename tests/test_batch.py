@@ -3,9 +3,6 @@ gets the result of segment(split(key, B)[i], images[i])."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -14,6 +11,7 @@ import pytest
 
 import self2seg_jax as s2s
 from self2seg_jax import batch
+from tests.conftest import run_on_forced_cpu_devices
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +88,7 @@ FORCED = textwrap.dedent("""
 
 
 def test_batch_sharded_over_four_forced_cpu_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", FORCED], capture_output=True, text=True,
-                       timeout=600, env=env, cwd=tmp_path)
-    assert p.returncode == 0 and p.stdout.strip().endswith("OK"), p.stderr[-3000:]
+    run_on_forced_cpu_devices(FORCED, tmp_path)
 
 
 def test_batch_mesh_default_is_every_device():

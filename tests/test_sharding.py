@@ -4,9 +4,6 @@ spatial axis; the mesh is checked before anything runs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,6 +12,7 @@ import pytest
 
 import self2seg_jax as s2s
 from self2seg_jax import sharding
+from tests.conftest import run_on_forced_cpu_devices
 
 FORCED = textwrap.dedent("""
     import time
@@ -69,11 +67,7 @@ FORCED = textwrap.dedent("""
 
 
 def test_space_sharding_over_four_forced_cpu_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", FORCED], capture_output=True, text=True,
-                       timeout=900, env=env, cwd=tmp_path)
-    assert p.returncode == 0 and p.stdout.strip().endswith("OK"), p.stderr[-3000:]
+    run_on_forced_cpu_devices(FORCED, tmp_path)
 
 
 def test_space_mesh_is_checked_before_running(blob32, const_config):
