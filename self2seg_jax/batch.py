@@ -2,13 +2,13 @@
 
 :func:`segment_batch` validates, normalises and starts every image on the host exactly as
 :func:`self2seg_jax.segment` does (image ``i`` with key ``jax.random.split(key, B)[i]``), then
-runs the one alternating scheme over the batch in one jitted program, its batch axis sharded
-over a 1-D device mesh (axis ``"batch"``; default: every device, of every process in a
+runs the one alternating scheme over the batch, its batch axis sharded over a 1-D device mesh
+(axis ``"batch"``; default: every device, of every process in a
 :mod:`self2seg_jax.distributed` job). The backend policy picks how a device runs its share:
-``vmap`` on accelerators, image after image (``lax.map``, under ``shard_map`` with several
+``vmap`` on accelerators, image after image on CPU (``lax.map`` under ``shard_map`` with several
 devices; on a single CPU device one compiled run after another, which measured faster there
-than a ``lax.map``: ``benchmarks/results/batch/``) on CPU. A batch whose size is not a multiple of the device count is padded with copies of its last
-image and unpadded on return.
+than a ``lax.map``: ``benchmarks/results/batch/``). A batch whose size is not a multiple of the
+device count is padded with copies of its last image and unpadded on return.
 
 Under ``vmap`` the outer ``while_loop`` (and each W-step's training loop) runs until the
 slowest member has stopped; members that stopped earlier keep their state (JAX's batching rule

@@ -35,6 +35,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     Raises:
       ValueError: some but not all of the three given, or an out-of-range ``process_id``.
     """
+    check_arguments(coordinator_address, num_processes, process_id)
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids)
+
+
+def check_arguments(coordinator_address, num_processes, process_id) -> None:
+    """``ValueError`` unless the three are all ``None`` or all valid (see :func:`initialize`)."""
     given = [v is not None for v in (coordinator_address, num_processes, process_id)]
     if any(given) and not all(given):
         raise ValueError("give all three of coordinator_address, num_processes and process_id, "
@@ -47,12 +58,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         if ":" not in str(coordinator_address):
             raise ValueError(f"coordinator_address must be 'host:port', got "
                              f"{coordinator_address!r}")
-    import jax
-
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
 
 
 def process_index() -> int:

@@ -141,3 +141,15 @@ def test_initialize_checks_its_arguments():
         distributed.initialize("127.0.0.1:1234", 2, 2)
     with pytest.raises(ValueError, match="host:port"):
         distributed.initialize("localhost", 2, 0)
+
+
+def test_cli_job_flags_need_distributed(tmp_path, capfd):
+    from tests.test_cli_run import CONST, run, write_blob
+
+    img = write_blob(tmp_path)
+    rc, _, err = run(["segment", img, "-o", tmp_path / "o", "--coordinator", "127.0.0.1:1",
+                      *CONST], capfd)
+    assert rc == 2 and "need --distributed" in err
+    rc, _, err = run(["segment", img, "-o", tmp_path / "o", "--distributed", "--num-processes",
+                      "2", *CONST], capfd)
+    assert rc == 2 and "all three" in err

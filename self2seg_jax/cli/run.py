@@ -322,6 +322,10 @@ def _join_job(args) -> tuple[int, int]:
         return 0, 1
     from self2seg_jax import distributed
 
+    try:
+        distributed.check_arguments(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise CLIError(f"--distributed: {e}") from None
     # stdout carries the summary alone: the collectives' libraries (gloo) print to the C-level
     # stdout, which from here on goes to stderr
     sys.stdout.flush()
