@@ -300,24 +300,45 @@ def iterate(key, f, w0, labels0, hyper: Hyper, spec: Spec,
     program out of JAX's persistent compilation cache, and would fix the callback at compile
     time. The per-iteration cost is one read of a few scalars.
     """
-    gen = states(key, f, w0, labels0, hyper, spec)
+    return follow(events(states(key, f, w0, labels0, hyper, spec)), callback)
+
+
+def drive(s: State, step: Callable[[State], State]):
+    """Generator: ``s = step(s)`` until the stop rule, yielding each state; its return value
+    is the final state. Closing it early (``gen.close()``) stops between two outer
+    iterations."""
+    while int(s.status) == RUNNING:
+        s = step(s)
+        yield s
+    return s
+
+
+def states(key, f, w0, labels0, hyper: Hyper, spec: Spec):
+    """:func:`drive` over the compiled :func:`outer_step` from the initial state of
+    :func:`run`: the state after each outer iteration; returns the final state."""
+    return drive(_init_jit(key, f, w0, labels0, spec), lambda s: _step_jit(s, f, hyper, spec))
+
+
+def events(gen):
+    """The :class:`~self2seg_jax.progress.Event` of each state of a :func:`drive` generator;
+    returns its final state (``state = yield from events(gen)``)."""
     while True:
         try:
             s = next(gen)
         except StopIteration as stop:
             return stop.value
-        callback(progress.event_of(s))
+        yield progress.event_of(s)
 
 
-def states(key, f, w0, labels0, hyper: Hyper, spec: Spec):
-    """Generator over the states after each outer iteration of :func:`run` (the same compiled
-    :func:`outer_step`, driven from Python); its return value is the final state. Closing it
-    early (``gen.close()``) stops the scheme between two outer iterations."""
-    s = _init_jit(key, f, w0, labels0, spec)
-    while int(s.status) == RUNNING:
-        s = _step_jit(s, f, hyper, spec)
-        yield s
-    return s
+def follow(gen, callback: Callable):
+    """Run generator ``gen`` to its end, ``callback(item)`` for every item it yields; returns
+    its return value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        callback(item)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "batch"))

@@ -326,15 +326,9 @@ def segment_iter(key, image, *, init="otsu", config: Self2SegConfig = Self2SegCo
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
-    gen = alternating.states(p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
-                             jnp.asarray(p.start.labels), config.hyper(), p.spec)
-    while True:
-        try:
-            s = next(gen)
-        except StopIteration as stop:
-            state = stop.value
-            break
-        yield _progress.event_of(s)
+    state = yield from alternating.events(alternating.states(
+        p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
+        config.hyper(), p.spec))
     result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
                           channel_axis=p.channel_axis)
     check_pd_cap(result.pd_iterations, config)

@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from self2seg_jax import alternating, progress
+from self2seg_jax import alternating
 
 SPACE = "space"
 
@@ -69,11 +69,14 @@ def _init_space(key, f, w0, labels0, spec: alternating.Spec, mesh: Mesh) -> alte
     return _constrain(alternating.init_state(key, c(f), c(w0), c(labels0), spec), mesh, spec.ndim)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
-def _step_space(s, f, hyper, spec: alternating.Spec, mesh: Mesh) -> alternating.State:
+def _outer(s, f, hyper, spec: alternating.Spec, mesh: Mesh) -> alternating.State:
+    """One outer iteration with the spatial arrays kept split (pure)."""
     f = _space(f, mesh, spec.ndim)
     return _constrain(alternating.outer_step(_constrain(s, mesh, spec.ndim), f, hyper, spec),
                       mesh, spec.ndim)
+
+
+_step_space = jax.jit(_outer, static_argnames=("spec", "mesh"))
 
 
 def _replicated(args, mesh: Mesh):
@@ -93,12 +96,8 @@ def run_space(key, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.S
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))
 def _run_space(key, f, w0, labels0, hyper, spec, mesh):
     s = _init_space(key, f, w0, labels0, spec, mesh)
-    f = _space(f, mesh, spec.ndim)
-
-    def body(c):
-        return _constrain(alternating.outer_step(c, f, hyper, spec), mesh, spec.ndim)
-
-    s = lax.while_loop(lambda c: c.status == alternating.RUNNING, body, s)
+    s = lax.while_loop(lambda c: c.status == alternating.RUNNING,
+                       lambda c: _outer(c, f, hyper, spec, mesh), s)
     return _constrain(s, mesh, spec.ndim)
 
 
@@ -106,8 +105,6 @@ def iterate_space(key, f, w0, labels0, hyper, spec, mesh: Mesh, callback) -> alt
     """:func:`run_space` driven from Python with a progress ``callback`` (as
     :func:`self2seg_jax.alternating.iterate`)."""
     key, f, w0, labels0, hyper = _replicated((key, f, w0, labels0, hyper), mesh)
-    s = _init_space(key, f, w0, labels0, spec, mesh)
-    while int(s.status) == alternating.RUNNING:
-        s = _step_space(s, f, hyper, spec, mesh)
-        callback(progress.event_of(s))
-    return s
+    gen = alternating.drive(_init_space(key, f, w0, labels0, spec, mesh),
+                            lambda s: _step_space(s, f, hyper, spec, mesh))
+    return alternating.follow(alternating.events(gen), callback)

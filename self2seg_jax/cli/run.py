@@ -8,6 +8,7 @@ compilation time) -> :mod:`~self2seg_jax.cli.report` (report and metrics) ->
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -188,13 +189,31 @@ def plan_outputs(args, outdir: Path, name: str, kw: dict, inputs, extra_names=()
     return paths
 
 
+@contextlib.contextmanager
+def watched():
+    """Time a segmentation call and record its warnings and XLA compilations: ``with
+    watched() as w: ...``, then ``w["timings"]`` (the report's timing fields) and
+    ``w["warnings"]`` (one-line messages)."""
+    from self2seg_jax.progress import compilations
+
+    out: dict = {}
+    t0 = time.perf_counter()
+    with _warnings.catch_warnings(record=True) as caught, compilations() as watch:
+        _warnings.simplefilter("always")
+        yield out
+    out["warnings"] = [_one_line(w.message) for w in caught if issubclass(w.category, Warning)]
+    out["timings"] = {"segment_s": round(time.perf_counter() - t0, 4),
+                      "compile_s": round(watch["seconds"], 4),
+                      "includes_compilation": watch["count"] > 0,
+                      "cache_hits": watch["cache_hits"]}
+
+
 def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
     """Run :func:`self2seg_jax.segment` with per-iteration progress lines on stderr; returns
     ``(result, timings, warning messages)``."""
     import jax
 
     from self2seg_jax.api import segment
-    from self2seg_jax.progress import compilations
 
     t0 = time.perf_counter()
 
@@ -203,17 +222,12 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
                   f"{ev.change:.3%}  pd iters {ev.pd_iters}  train steps {list(ev.train_steps)}  "
                   f"[{time.perf_counter() - t0:.1f} s]")
 
-    with _warnings.catch_warnings(record=True) as caught, compilations() as watch:
-        _warnings.simplefilter("always")
+    with watched() as w:
         res = segment(jax.random.key(seed), image, init=init, config=config,
                       progress=on_iteration, **kw)
-    msgs = [_one_line(w.message) for w in caught if issubclass(w.category, Warning)]
-    for m in msgs:
+    for m in w["warnings"]:
         log(args, f"  {name}: warning: {m}")
-    t = time.perf_counter() - t0
-    timings = {"segment_s": round(t, 4), "compile_s": round(watch["seconds"], 4),
-               "includes_compilation": watch["count"] > 0, "cache_hits": watch["cache_hits"]}
-    return res, timings, msgs
+    return res, w["timings"], w["warnings"]
 
 
 def _view2d(image, res, gt, kw):
@@ -248,19 +262,17 @@ def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=
     spatial_axes = None if axes is None else "".join(a for a in axes if a != "c")
     try:
         with io.AtomicGroup(overwrite=args.overwrite) as group:
-            if axes is not None:
-                group.ome_zarr(paths["mask"], res.mask.astype(np.uint8), spatial_axes,
-                               labels=True)
-                group.ome_zarr(paths["denoised"], res.denoised.astype(np.float32),
-                               "".join(axes))
-                if "labels" in paths:
-                    group.ome_zarr(paths["labels"], res.labels.astype(np.uint8), spatial_axes,
-                                   labels=True)
-            else:
-                group.image(paths["mask"], res.mask.astype(np.uint8))
-                group.image(paths["denoised"], res.denoised.astype(np.float32))
-                if "labels" in paths:
-                    group.image(paths["labels"], res.labels.astype(np.uint8))
+            def put(key, array, labels=True):  # TIFF/PNG, or OME-Zarr for an OME-Zarr input
+                if axes is None:
+                    group.image(paths[key], array)
+                else:
+                    group.ome_zarr(paths[key], array, spatial_axes if labels else "".join(axes),
+                                   labels=labels)
+
+            put("mask", res.mask.astype(np.uint8))
+            put("denoised", res.denoised.astype(np.float32), labels=False)
+            if "labels" in paths:
+                put("labels", res.labels.astype(np.uint8))
             for key, arr in (extra_outputs or {}).items():
                 group.image(paths[key], arr)
             group.figure(paths["overlay"], fig)
@@ -434,7 +446,6 @@ def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> lis
 
     from self2seg_jax import distributed
     from self2seg_jax.batch import segment_batch
-    from self2seg_jax.progress import compilations
 
     loaded, groups = {}, {}
     for i in range(n):
@@ -452,10 +463,8 @@ def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> lis
     for g in batches:
         mine = distributed.assign(len(g), nproc, pid)
         kw = loaded[g[0]][3]
-        t0 = time.perf_counter()
         try:
-            with _warnings.catch_warnings(record=True) as caught, compilations() as watch:
-                _warnings.simplefilter("always")
+            with watched() as w:
                 keys = jnp.stack([jax.random.key(seed)] * len(g))
                 res = segment_batch(keys, [loaded[i][0] for i in g],
                                     init=[loaded[i][1] for i in g], config=config, **kw)
@@ -465,13 +474,9 @@ def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> lis
             log(args, f"batch of {len(g)} files failed ({_one_line(e)}); one by one")
             singles += g
             continue
-        msgs = [_one_line(w.message) for w in caught if issubclass(w.category, Warning)]
-        t = time.perf_counter() - t0
-        timings = {"segment_s": round(t, 4), "compile_s": round(watch["seconds"], 4),
-                   "includes_compilation": watch["count"] > 0, "cache_hits": watch["cache_hits"],
-                   "batch_size": len(g), "batch_processes": nproc}
+        timings = {**w["timings"], "batch_size": len(g), "batch_processes": nproc}
         for j in mine:
-            rows.append(one_file(g[j], segmented=(res.item(j), dict(timings), msgs),
+            rows.append(one_file(g[j], segmented=(res.item(j), dict(timings), w["warnings"]),
                                  loaded=loaded[g[j]]))
     singles.sort()
     for j in distributed.assign(len(singles), nproc, pid):

@@ -140,13 +140,8 @@ class Self2SegWidget(widgets.Container):
         def work():
             import jax
 
-            gen = s2s.segment_iter(jax.random.key(key_seed), data, config=cfg, **kw)
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                yield ev
+            return (yield from s2s.segment_iter(jax.random.key(key_seed), data, config=cfg,
+                                                **kw))
 
         worker = create_worker(work, _progress={"total": cfg.max_outer,
                                                 "desc": f"Self2Seg {layer.name}"})
