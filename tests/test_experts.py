@@ -424,7 +424,7 @@ def test_denoise_is_n2f_on_the_whole_image(n2f_problem):
     out = experts.denoise(key, f, 1e-2, TINY_CFG)
     assert out.shape == f.shape and np.all(np.isfinite(np.asarray(out)))
     p0 = experts.init_params(key, "n2f", TINY_CFG)
-    ref = fit_n2f(p0, f, jnp.ones_like(f), jnp.float32(1e-2), cfg=TINY_CFG)[1]
+    ref = fit_n2f(p0, f, jnp.ones_like(f), jnp.float32(1e-2), cfg=experts.denoiser_config(TINY_CFG))[1]
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
     np.testing.assert_array_equal(
         np.asarray(experts.denoise(key, np.asarray(f), 1e-2, TINY_CFG)), np.asarray(out)

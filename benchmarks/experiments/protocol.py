@@ -61,6 +61,14 @@ class Protocol(NamedTuple):
     def grid(self) -> tuple[float, ...]:
         return tuple(float(x) for x in self.raw["lambda"]["grid"])
 
+    def grid_of(self, method: str) -> tuple[float, ...]:
+        """The lambda grid of ``method``: ``grid_self2seg`` (when given) for Self2Seg rows,
+        ``grid`` for the rest."""
+        lam = self.raw["lambda"]
+        if self.methods[method]["kind"] == "self2seg" and "grid_self2seg" in lam:
+            return tuple(float(x) for x in lam["grid_self2seg"])
+        return self.grid
+
     @property
     def methods(self) -> dict:
         return self.raw["methods"]
@@ -86,11 +94,12 @@ def load(path) -> Protocol:
     tune, ev = set(d["tuning_patches"]), set(d["evaluation_patches"])
     if tune & ev:
         raise ValueError(f"protocol {path}: patches {sorted(tune & ev)} in both splits")
-    grid = raw["lambda"]["grid"]
-    if list(grid) != sorted(grid) or len(set(grid)) != len(grid) or min(grid) <= 0:
-        raise ValueError(f"protocol {path}: lambda grid must be positive and increasing")
-    if raw["lambda"]["fixed"] not in grid:
-        raise ValueError(f"protocol {path}: the fixed lambda must be in the grid")
+    for name in ("grid", "grid_self2seg"):
+        grid = raw["lambda"].get(name, raw["lambda"]["grid"])
+        if list(grid) != sorted(grid) or len(set(grid)) != len(grid) or min(grid) <= 0:
+            raise ValueError(f"protocol {path}: lambda {name} must be positive and increasing")
+        if raw["lambda"]["fixed"] not in grid:
+            raise ValueError(f"protocol {path}: the fixed lambda must be in the {name}")
     Self2SegConfig(**raw["base"])  # checks the overrides
     for name, m in raw["methods"].items():
         extra = set(m) - _METHOD_KEYS
@@ -244,7 +253,7 @@ def run_cell(proto: Protocol, method: str, level: float, seed: int, ims: Images,
     """
     m = proto.methods[method]
     cfg = method_config(proto, method, level)
-    grid = proto.grid if grid is None else tuple(grid)
+    grid = proto.grid_of(method) if grid is None else tuple(grid)
     f = st.den if m["data"] == "n2f" else st.f
     m0 = st.n2f_otsu if (m["start"] == "n2f_otsu" or m["data"] == "n2f") else st.otsu
     keys = jnp.stack([jax.random.split(image_key(proto, seed, i))[1] for i in ims.index])
