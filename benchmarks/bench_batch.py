@@ -33,6 +33,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch")
+    ap.add_argument("--modes", nargs="+", choices=("loop", "map", "vmap"), default=None,
+                    help="instead: time each way of running the batch on one device (a Python "
+                         "loop of compiled runs, lax.map or vmap inside one program), one JSON "
+                         "line per mode as soon as it is done (compile call first)")
     args = ap.parse_args(argv)
     patches = s2s.data.sample_patches(128)
     imgs = np.stack([s2s.data.add_gaussian_noise(i, patches[i % len(patches)][1], 30.0)
@@ -40,6 +44,8 @@ def main(argv=None) -> int:
     gts = [patches[i % len(patches)][2] for i in range(args.n)]
     cfg = s2s.Self2SegConfig()
     key = jax.random.key(0)
+    if args.modes:
+        return time_modes(key, imgs, gts, cfg, args)
     keys = jax.random.split(key, args.n)
     s2s.segment(keys[0], imgs[0], config=cfg)  # compile both paths
     s2s.segment_batch(key, imgs, config=cfg)
@@ -70,6 +76,45 @@ def main(argv=None) -> int:
     (args.out / f"batch_{jax.default_backend()}{f'_d{d}' if d > 1 else ''}_{args.n}.json"
      ).write_text(
         json.dumps(row, indent=1) + "\n")
+    return 0
+
+
+def time_modes(key, imgs, gts, cfg, args) -> int:
+    """One device: the same prepared batch run as a loop of ``alternating.run`` calls, or one
+    ``batch.run_batch`` program with ``lax.map`` or ``vmap``; warm times (after a compile call
+    on the same shapes), Dice against the loop."""
+    from self2seg_jax import alternating, api, batch
+
+    keys = jax.random.split(key, len(imgs))
+    prep = [api.prepare(keys[i], imgs[i], config=cfg) for i in range(len(imgs))]
+    spec, hyper = prep[0].spec, cfg.hyper()
+    stacked = (jax.numpy.stack([p.k_run for p in prep]), np.stack([p.f for p in prep]),
+               np.stack([p.start.weights for p in prep]), np.stack([p.start.labels for p in prep]))
+
+    def run(mode):
+        if mode == "loop":
+            return np.stack([np.asarray(alternating.run(p.k_run, p.f, p.start.weights,
+                                                        p.start.labels, hyper, spec).labels)
+                             for p in prep])
+        return np.asarray(batch.run_batch(*stacked, hyper, spec, mode).labels)
+
+    rows = []
+    for mode in args.modes:
+        run(mode)  # compile
+        t = time.perf_counter()
+        labels = run(mode)
+        dt = time.perf_counter() - t
+        row = {"mode": mode, "n": len(imgs), "seconds": round(dt, 3),
+               "images_per_s": round(len(imgs) / dt, 3),
+               "dice": round(float(np.mean([s2s.metrics.dice(labels[i] > 0, gts[i])
+                                            for i in range(len(imgs))])), 4),
+               "backend": jax.default_backend(), "device": str(jax.devices()[0])}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"batch_modes_{jax.default_backend()}_{len(imgs)}.json").write_text(json.dumps(
+        {"rows": rows, "machine": provenance.provenance(ROOT),
+         "command": "python " + " ".join(sys.argv)}, indent=1) + "\n")
     return 0
 
 

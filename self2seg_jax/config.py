@@ -155,10 +155,18 @@ class Self2SegConfig:
 
     @classmethod
     def paper(cls, **overrides) -> Self2SegConfig:
-        """The authors' configuration: min–max normalisation, the Otsu start of the
-        Noise2Fast-denoised image, whole-image training of two 64-channel 8-layer experts,
-        re-initialised every W-step, validation after every step with patience 100, output
-        averaged over the last 100 validations, up to 8000 primal–dual iterations."""
+        """The authors' code's configuration, read as **two CNN experts** (the paper's
+        "reading B"): min–max normalisation, the Otsu start of the Noise2Fast-denoised image,
+        whole-image training of two 64-channel 8-layer experts, re-initialised every W-step,
+        validation after every step with patience 100, output averaged over the last 100
+        validations, up to 8000 primal–dual iterations, no reference-mask term (mu = 0), no
+        data filter.
+
+        The paper's DSB2018 experiment (§5) is ambiguous about the background: "reading A" is
+        a CNN foreground expert on a constant background with 3x3 mean-filtered data terms at
+        noise > 10 (``paper(bg_expert="constant", data_filter=3)``). The evaluation protocol
+        (``benchmarks/protocols/dsb2018_v2.toml``) reports both readings, with the library's
+        smaller nets and crop training, as ``s2s_cnn_const`` (A) and ``s2s_two_cnn`` (B)."""
         base = dict(mu=0.0, fg_expert="n2f", bg_expert="n2f", net_width=64, net_depth=8,
                     normalise="minmax", train_mode="full", init_denoise=True,
                     train_max_steps=3000, train_min_steps=100, train_patience=100, val_every=1,

@@ -1,0 +1,181 @@
+"""The committed evaluation protocol (benchmarks/protocols/) and its report: parsing and checks,
+lambda selection that never looks at the evaluation split, statistics against SciPy, and a tiny
+run whose rows are paired across methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import report_protocol as R
+import run_protocol
+from experiments import protocol as P
+from scipy import stats
+
+from self2seg_jax import metrics
+
+PROTO = Path(__file__).resolve().parents[1] / "benchmarks" / "protocols" / "dsb2018_v2.toml"
+
+
+@pytest.fixture(scope="module")
+def proto():
+    return P.load(PROTO)
+
+
+def test_committed_protocol_is_consistent(proto):
+    d = proto.data
+    assert sorted(d["tuning_patches"] + d["evaluation_patches"]) == list(range(16))
+    assert len(d["noise_seeds"]) >= 3
+    for m in proto.methods:
+        grid = proto.grid_of(m)
+        assert proto.raw["lambda"]["fixed"] in grid
+        assert set(grid) <= set(proto.grid)  # baselines get a superset of every Self2Seg grid
+    # matched Chan–Vese gets exactly the filter and mu of the Self2Seg reading it is set against
+    for level in d["levels"]:
+        a = P.method_config(proto, "s2s_cnn_const", level)
+        cv = P.method_config(proto, "chan_vese_matched", level)
+        assert (cv.data_filter, cv.mu) == (a.data_filter, a.mu)
+        assert (cv.fg_expert, cv.bg_expert) == ("constant", "constant")
+        assert a.data_filter == (3 if level > 10 else 1)
+    assert P.method_config(proto, "s2s_two_cnn", 30).bg_expert == "n2f"
+    assert P.method_config(proto, "chan_vese", 50).data_filter == 1
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r["data"].update(tuning_patches=[0, 1], evaluation_patches=[1, 2]), "both splits"),
+    (lambda r: r["lambda"].update(grid=[0.1, 0.01, 0.03]), "increasing"),
+    (lambda r: r["lambda"].update(fixed=0.07), "fixed lambda"),
+    (lambda r: r["methods"]["chan_vese"].update(start="boxes"), "kind/data/start"),
+    (lambda r: r["methods"]["chan_vese"].update(colour="red"), "unknown keys"),
+    (lambda r: r["report"].update(baselines=["nope"]), "unknown method"),
+    (lambda r: r["base"].update(crop_batch=-1), "crop_batch"),
+])
+def test_bad_protocols_are_refused(tmp_path, edit, match):
+    import tomllib
+
+    raw = tomllib.loads(PROTO.read_text())
+    edit(raw)
+    path = tmp_path / "p.toml"
+    path.write_text(_toml(raw))
+    with pytest.raises(ValueError, match=match):
+        P.load(path)
+
+
+def _toml(raw: dict) -> str:
+    """Minimal TOML writer for the protocol's shapes (tables of scalars and lists)."""
+    def val(v):
+        return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+    lines = [f"{k} = {val(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            flat = {a: b for a, b in v.items() if not isinstance(b, dict)}
+            lines += [f"[{k}]"] + [f"{a} = {val(b)}" for a, b in flat.items()]
+            for a, b in v.items():
+                if isinstance(b, dict):
+                    lines += [f"[{k}.{a}]"] + [f"{c} = {val(e)}" for c, e in b.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_missing_or_broken_protocol_file(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        P.load(tmp_path / "none.toml")
+    (tmp_path / "bad.toml").write_text("[data\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        P.load(tmp_path / "bad.toml")
+
+
+# -- selection and statistics -------------------------------------------------------------
+
+
+def _rows(dice_by_split: dict, lams=(0.01, 0.03, 0.1)):
+    """Synthetic rows: ``{(split, patch, seed): dice list}``."""
+    return [{"split": s, "patch": p, "seed": k, "lams": list(lams), "dice": list(d),
+             "scale": "patch", "init_dice": 0.5, "seconds": 1.0, "start_seconds": 0.0}
+            for (s, p, k), d in dice_by_split.items()]
+
+
+def test_tuned_lambda_comes_from_the_tuning_split_only(proto):
+    # tuning patches prefer lam 0.01; evaluation patches would prefer 0.1
+    rows = _rows({("tuning", 0, 0): [0.9, 0.5, 0.1], ("tuning", 5, 0): [0.8, 0.7, 0.2],
+                  ("evaluation", 1, 0): [0.2, 0.5, 0.9], ("evaluation", 2, 0): [0.3, 0.4, 0.8]})
+    s = R.select(rows, proto)
+    assert s["tuned_lam"] == 0.01 and s["fixed_lam"] == 0.03
+    assert {k: v["tuned"] for k, v in s["images"].items()} == {(1, 0): 0.2, (2, 0): 0.3}
+    assert {k: v["oracle"] for k, v in s["images"].items()} == {(1, 0): 0.9, (2, 0): 0.8}
+    assert {k: v["fixed"] for k, v in s["images"].items()} == {(1, 0): 0.5, (2, 0): 0.4}
+    assert s["n_images"] == 2  # tuning rows are not evaluated
+
+
+def test_edge_optimum_and_tie_rules():
+    assert R.edge_optimum([0.9, 0.5, 0.1]) and R.edge_optimum([0.1, 0.5, 0.9])
+    assert not R.edge_optimum([0.9, 0.8995, 0.1])  # flat at the end: not evidence
+    assert not R.edge_optimum([0.2, 0.9, 0.1])
+    assert R.tuned_index([[0.5, 0.5, 0.1]]) == 0  # ties -> the smaller lambda
+
+
+def test_statistics_agree_with_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.8, 0.05, 12)
+    m, h = R.ci95(x)
+    lo, hi = stats.t.interval(0.95, 11, loc=x.mean(), scale=stats.sem(x))
+    assert m == pytest.approx(x.mean()) and h == pytest.approx((hi - lo) / 2)
+    d = rng.normal(0.02, 0.03, 12)
+    assert R.wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert np.isnan(R.wilcoxon_p(np.zeros(5)))
+    assert R.wtl([0.01, 0.001, -0.004, -0.2, 0.005], 0.005) == [2, 2, 1]
+
+
+def test_per_patch_means_average_seeds_first(proto):
+    # patch 1 has three seeds, patch 2 one: the unit is the patch
+    images = {(1, 0): {"t": 0.9}, (1, 1): {"t": 0.7}, (1, 2): {"t": 0.8}, (2, 0): {"t": 0.2}}
+    assert R.per_patch(images, "t") == {1: pytest.approx(0.8), 2: 0.2}
+    assert R.per_patch(images, "t", keep={(1, 0), (2, 0)}) == {1: 0.9, 2: 0.2}
+
+
+def test_summary_pairs_methods_on_common_images(proto):
+    base = {("tuning", 0, 0): [0.5, 0.6, 0.4], ("evaluation", 1, 0): [0.5, 0.6, 0.4],
+            ("evaluation", 2, 0): [0.4, 0.5, 0.3], ("evaluation", 3, 0): [0.6, 0.7, 0.5]}
+    rows = []
+    for method, shift in (("chan_vese", 0.0), ("s2s_default", 0.1)):
+        for r in _rows({k: [v + shift for v in d] for k, d in base.items()}):
+            rows.append({**r, "method": method, "level": 30.0})
+    s = R.summarise(rows, proto)
+    lv = s["levels"]["30"]
+    assert lv["methods"]["s2s_default"]["tuned"]["mean"] == pytest.approx(0.7)
+    (c,) = [c for c in lv["comparisons"] if c["baseline"] == "chan_vese"]
+    assert c["self2seg"] == "s2s_default" and c["pairs"] == 3
+    assert c["tuned"]["delta"] == pytest.approx(0.1) and c["tuned"]["wtl"] == [3, 0, 0]
+    md = R.table(s, {"protocol": "p", "runs": []})
+    assert "| 30 | `s2s_default` | `chan_vese` | +0.100 |" in md
+
+
+# -- a tiny run ------------------------------------------------------------------------------
+
+
+def test_tiny_run_rows_are_paired_and_resumable(tmp_path, proto):
+    out = tmp_path / "run"
+    args = [str(PROTO), "--out", str(out), "--size", "32", "--patches", "0", "1", "--grid",
+            "0.01", "0.03", "--seeds", "0", "--levels", "30", "--no-whole",
+            "--methods", "chan_vese", "chan_vese_matched"]
+    assert run_protocol.main(args) == 0
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["patch"]) for r in rows] == [
+        ("chan_vese", 0), ("chan_vese", 1), ("chan_vese_matched", 0), ("chan_vese_matched", 1)]
+    assert {r["split"] for r in rows} == {"tuning", "evaluation"}
+    # same noisy image for both methods: the same start and the same Dice of it
+    ims = P.images(proto, 30, 0, "patch", size=32, indices=[0, 1])
+    st = P.starts(proto, ims, 0)
+    for r in rows:
+        j = [0, 1].index(r["patch"])
+        assert r["init_dice"] == pytest.approx(metrics.dice(st.otsu[j], ims.gt[j]), abs=1e-5)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["runs"][0]["smoke"] and len(meta["runs"][0]["protocol_sha256"]) == 64
+    # resumable: a second run adds no rows
+    assert run_protocol.main(args) == 0
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 4
+    # deterministic: rerunning a cell reproduces its rows
+    again = P.run_cell(proto, "chan_vese", 30, 0, ims, st, grid=(0.01, 0.03))
+    assert [r["dice"] for r in again] == [r["dice"] for r in rows[:2]]
