@@ -4,11 +4,15 @@
 :func:`self2seg_jax.segment` does (image ``i`` with key ``jax.random.split(key, B)[i]``), then
 runs the one alternating scheme over the batch, its batch axis sharded over a 1-D device mesh
 (axis ``"batch"``; default: every device, of every process in a
-:mod:`self2seg_jax.distributed` job). The backend policy picks how a device runs its share:
-``vmap`` on accelerators, image after image on CPU (``lax.map`` under ``shard_map`` with several
-devices; on a single CPU device one compiled run after another, which measured faster there
-than a ``lax.map``: ``benchmarks/results/batch/``). A batch whose size is not a multiple of the
-device count is padded with copies of its last image and unpadded on return.
+:mod:`self2seg_jax.distributed` job). Each device runs its share image after image (``lax.map``
+under ``shard_map`` with several devices; on a single device one compiled run after another,
+which measured faster on XLA:CPU than a ``lax.map``). Not ``vmap``: on an H200 a vmapped batch
+of 16 patches took 16.8 s against 4.3 s for the loop and 4.5 s for ``lax.map``
+(``benchmarks/results/batch/batch_modes_gpu_16.json``) — the vmapped ``while_loop`` runs every
+member until the slowest stops, and vmapping the CNN over per-image weights batches the
+convolutions' kernels. :func:`run_batch` keeps ``mode="vmap"`` for callers who want it. A batch
+whose size is not a multiple of the device count is padded with copies of its last image and
+unpadded on return.
 
 Under ``vmap`` the outer ``while_loop`` (and each W-step's training loop) runs until the
 slowest member has stopped; members that stopped earlier keep their state (JAX's batching rule
@@ -142,9 +146,10 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     if AXIS not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
     n_dev = mesh.shape[AXIS]
-    if n_dev == 1 and spec.batch == "map" and jax.process_count() == 1:
-        # one CPU device: the images one after the other through segment's own compiled
-        # scheme (a lax.map over whole schemes measured slower on XLA:CPU than this loop)
+    if n_dev == 1 and jax.process_count() == 1:
+        # one device: the images one after the other through segment's own compiled scheme
+        # (on XLA:CPU a lax.map over whole schemes measured slower than this loop; on an H200
+        # vmap was 3.9x slower and lax.map as fast: benchmarks/results/batch/)
         hyper = config.hyper()
         states = [jax.device_get(alternating.run(p.k_run, p.f, p.start.weights, p.start.labels,
                                                  hyper, spec)) for p in prepared]
@@ -158,7 +163,7 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     arrays = tuple(_global(a, sharding) for a in arrays)
     hyper = jax.tree.map(lambda a: _global(np.asarray(a), NamedSharding(mesh, PartitionSpec())),
                          config.hyper())
-    state = run_batch(*arrays, hyper, spec, spec.batch, mesh)
+    state = run_batch(*arrays, hyper, spec, "map", mesh)
     host = _fetch(state._replace(key=jax.random.key_data(state.key)))
     return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, config)
                            for i, p in enumerate(prepared)], spec.max_outer)

@@ -12,9 +12,10 @@ Pairing: every method on (seed ``s``, patch ``p``) sees the same noisy image, th
 first half for the Noise2Fast start, second for the scheme) and, where it starts from it, the
 same Noise2Fast start.
 
-Batching: ``vmap`` over images and over lambdas on accelerators (a vmapped ``while_loop`` runs
-every member until the slowest has stopped, which a GPU pays for in latency, not in width);
-``lax.map`` on CPU, where batched convolutions are slower than a loop.
+Batching (:func:`default_batch`): ``lax.map`` over images and lambdas, except Chan–Vese cells
+on accelerators (``vmap``). A vmapped ``while_loop`` runs every member until the slowest has
+stopped, and vmapped CNN experts batch their convolution kernels: slower on XLA:CPU and on an
+H200 alike.
 """
 
 from __future__ import annotations
@@ -177,9 +178,11 @@ def images(proto: Protocol, level: float, seed: int, scale: str, *, size: int | 
     return Images(idx, clean, noisy, gt)
 
 
-def default_batch() -> str:
-    """``"vmap"`` on accelerators, ``"map"`` on CPU."""
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+def default_batch(kind: str = "self2seg") -> str:
+    """``"vmap"`` for Chan–Vese cells on accelerators, else ``"map"``: runs with CNN experts
+    (and the Noise2Fast starts) were slower vmapped than mapped on an H200 too (16 patches:
+    16.8 s vs 4.5 s, ``benchmarks/results/batch/batch_modes_gpu_16.json``)."""
+    return "vmap" if kind == "chan_vese" and jax.default_backend() != "cpu" else "map"
 
 
 class Starts(NamedTuple):
@@ -259,7 +262,7 @@ def run_cell(proto: Protocol, method: str, level: float, seed: int, ims: Images,
     keys = jnp.stack([jax.random.split(image_key(proto, seed, i))[1] for i in ims.index])
     t = time.perf_counter()
     out = _sweep(keys, jnp.asarray(f), jnp.asarray(m0, jnp.float32), stacked_hyper(cfg, grid),
-                 cfg.spec(), batch or default_batch())
+                 cfg.spec(), batch or default_batch(m["kind"]))
     masks, den, it, status, steps = jax.device_get(out)
     dt = (time.perf_counter() - t) / len(ims.index)
     d = proto.data
