@@ -144,6 +144,7 @@ def two_texture_image(
     *,
     zoom: int = 2,
     split: int | None = None,
+    geometry: str = "split",
 ) -> TextureImage:
     """Two textures side by side with **equal region means**, plus Gaussian noise (Fig. 8/9).
 
@@ -162,6 +163,9 @@ def two_texture_image(
       seed: NumPy seed of the noise.
       zoom: downsampling factor of the 512x512 photos.
       split: columns of the left texture; default ``round(size * 140 / 256)``.
+      geometry: ``"split"`` (left | right, the paper's layout) or ``"disc"`` (texture
+        ``left`` inside a centred disc of radius ``size / 4``, ``right`` around it;
+        ``split`` is then ignored and set to 0).
 
     Returns:
       :class:`TextureImage` (``clean``/``noisy`` float32 ``(size, size)``, ``gt`` bool).
@@ -193,11 +197,18 @@ def two_texture_image(
     if not split < size:
         raise ValueError(f"split must be in [1, size), got {split} for size {size}")
 
+    if geometry not in ("split", "disc"):
+        raise ValueError(f"geometry must be 'split' or 'disc', got {geometry!r}")
     a = load_texture(left, zoom=zoom)[:size, :size]
     b = load_texture(right, zoom=zoom)[:size, :size]
     gt = np.zeros((size, size), bool)
-    gt[:, :split] = True
-    shift = float(b[:, split:].mean() - a[:, :split].mean())
+    if geometry == "split":
+        gt[:, :split] = True
+    else:
+        yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+        gt = yy ** 2 + xx ** 2 <= (size / 4) ** 2
+        split = 0
+    shift = float(b[~gt].mean() - a[gt].mean())
     clean64 = np.where(gt, a + shift, b)
     clean = clean64.astype(np.float32)
     # float32 rounding can leave a ~1e-8 mismatch; correct it on the left region
