@@ -79,6 +79,11 @@ def test_noise_conventions_and_pairs():
     c = tx.two_texture_image("grass", "brick", size=32, split=10)
     assert c.gt[:, :10].all() and not c.gt[:, 10:].any()
     assert c.clean[c.gt].mean() == pytest.approx(c.clean[~c.gt].mean(), rel=1e-6)
+    d = tx.two_texture_image("brick", "gravel", size=32, noise=0.0, geometry="disc")
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    np.testing.assert_array_equal(d.gt, yy ** 2 + xx ** 2 <= 8 ** 2)
+    assert d.split == 0 and 0.15 < d.gt.mean() < 0.25
+    assert d.clean[d.gt].mean() == pytest.approx(d.clean[~d.gt].mean(), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +98,7 @@ def test_noise_conventions_and_pairs():
         (dict(noise=-1.0), "noise"),
         (dict(noise=float("nan")), "noise"),
         (dict(size=64, split=64), "split"),
+        (dict(geometry="ring"), "geometry"),
     ],
 )
 def test_two_texture_image_rejects_bad_input(kwargs, match):
