@@ -147,6 +147,10 @@ class Self2SegConfig:
                               "other (never) or by the backend policy (auto)", cli=False)
     progress: bool = _opt(False, "print one line per outer iteration to stderr (a progress= "
                           "callback of segment replaces the printer)", cli=False)
+    progress_training: bool = _opt(False, "report expert-training steps from inside the "
+                                   "compiled loop (progress.training_listener; CLI: a live "
+                                   "line on a terminal). Such programs are never stored in "
+                                   "the persistent compilation cache")
 
     def __post_init__(self):
         self.validate()
@@ -271,7 +275,7 @@ class Self2SegConfig:
             ndim=ndim, channels=channels, mode=self.train_mode,
             crop=_side(self.crop_size, ndim), batch=self.crop_batch or policy["crop_batch"],
             val_crops=self.val_crops,
-            tile=_side(self.tile_size, ndim),
+            tile=_side(self.tile_size, ndim), report=self.progress_training,
         )
         return alternating.Spec(
             kinds=kinds, train=train, spacing=spacing, data_filter=self.data_filter,

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from self2seg_jax import ops
+from self2seg_jax import ops, progress
 
 KINDS = ("n2f", "linear", "constant")
 
@@ -55,6 +55,9 @@ class TrainConfig:
       crop: even side of a training crop (loss pixels; a halo of context is added).
       batch: crops per Adam step; val_crops: crops in the fixed validation set.
       tile: side of the tiles in which the whole image is denoised (:func:`apply_tiled`).
+      report: after every validation send ``(steps done, validation score)`` to the host
+        (``jax.debug.callback`` to :func:`self2seg_jax.progress.training_tick`). Programs with
+        a host callback are never stored in JAX's persistent compilation cache.
     """
 
     width: int = 32
@@ -73,6 +76,7 @@ class TrainConfig:
     batch: int = 4
     val_crops: int = 16
     tile: int = 256
+    report: bool = False
 
 
 class _Conv(nn.Module):
@@ -242,6 +246,12 @@ class _N2FCarry(NamedTuple):
     n_buf: jax.Array
 
 
+def _report(cfg: TrainConfig, step, score) -> None:
+    """Training progress to the host (only when ``cfg.report``; see :class:`TrainConfig`)."""
+    if cfg.report:
+        jax.debug.callback(progress.training_tick, step, score)
+
+
 def fit_n2f(params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
     """Region-masked Noise2Fast training of the CNN expert (eq. (12)) in compiled loops.
 
@@ -279,6 +289,7 @@ def fit_n2f(params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
                                           (c.params, c.opt_state))
         out = net.apply({"params": params}, f)
         score = _weighted_mse(out, f, w)
+        _report(cfg, c.step + cfg.val_every, score)
         improved = score < c.best
         return _N2FCarry(
             params=params, opt_state=opt_state, step=c.step + cfg.val_every,
@@ -502,6 +513,7 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
         p, opt_state = lax.fori_loop(c.step, c.step + cfg.val_every, train_step,
                                      (c.params, c.opt_state))
         sc = score(p)
+        _report(cfg, c.step + cfg.val_every, sc)
         improved = sc < c.best
         snaps = jax.tree.map(lambda b, a: b.at[c.n_snaps % cfg.n_average].set(a), c.snaps, p)
         return _CropCarry(p, opt_state, c.step + cfg.val_every, jnp.where(improved, sc, c.best),

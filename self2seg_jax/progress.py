@@ -3,7 +3,9 @@ compiling.
 
 :func:`self2seg_jax.segment` (``progress=callback``) and the command line receive events from
 :func:`self2seg_jax.alternating.iterate`, which drives the compiled outer step from Python;
-:func:`compilations` observes XLA compilations through ``jax.monitoring``.
+:func:`compilations` observes XLA compilations through ``jax.monitoring``. With
+``Self2SegConfig(progress_training=True)`` the experts' training loops also report every
+validation from inside the compiled program (:func:`training_listener`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,34 @@ def format_event(ev: Event) -> str:
     """One line: ``outer 2: energy 12.3, mask change 0.41%, pd iters 120, train steps [0, 150]``."""
     return (f"outer {ev.outer}: energy {ev.energy:.6g}, mask change {ev.change:.4%}, pd iters "
             f"{ev.pd_iters}, train steps {list(ev.train_steps)}")
+
+
+_training_listeners: list = []
+
+
+def training_tick(step, score) -> None:
+    """Host end of the experts' training callback (``TrainConfig.report``): passes ``(steps
+    done, validation score)`` of the W-step in progress to every listener registered with
+    :func:`training_listener`. Batched experts report arrays: the most steps and the best score
+    are passed on."""
+    import numpy as np
+
+    if _training_listeners:
+        s, v = int(np.max(np.asarray(step))), float(np.min(np.asarray(score)))
+        for fn in list(_training_listeners):
+            fn(s, v)
+
+
+@contextlib.contextmanager
+def training_listener(fn):
+    """Call ``fn(steps_done, validation_score)`` after every validation of an expert's training
+    inside the block (needs ``Self2SegConfig(progress_training=True)``; called from the thread
+    that runs the compiled program)."""
+    _training_listeners.append(fn)
+    try:
+        yield fn
+    finally:
+        _training_listeners.remove(fn)
 
 
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_retrieval_time_sec"

@@ -333,3 +333,9 @@ def test_bad_option_values(tmp_path, capfd):
     line = assert_one_line_error(rc, err, "invalid option", "mu must be >= 0")
     assert "ok.toml" not in line
     assert files(out) == []
+
+
+def test_progress_training_flag_reaches_the_config(tmp_path):
+    img = write_image(tmp_path)
+    assert _config(["segment", img, "-o", tmp_path / "o", "--progress-training"])[0].progress_training
+    assert not _config(["segment", img, "-o", tmp_path / "o"])[0].progress_training

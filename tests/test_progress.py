@@ -252,3 +252,29 @@ def test_falsy_callable_progress_still_gets_events(const_config, make_blob):
     log = Log()
     res = s2s.segment(jax.random.key(0), img, config=const_config, progress=log)
     assert len(log) == res.num_outer
+
+
+def test_training_steps_are_reported_from_inside_the_compiled_loop(blob32, tiny_n2f_config,
+                                                                     tiny_n2f_result):
+    """``progress_training=True``: one tick per validation of every CNN expert's W-step (two
+    experts here), steps rising within a W-step to its recorded count; the result is the same
+    as without reporting; nothing is reported outside the listener's block."""
+    img, _ = blob32
+    cfg = tiny_n2f_config.replace(progress_training=True)
+    assert cfg.spec().train.report and not tiny_n2f_config.spec().train.report
+    ticks = []
+    with progress.training_listener(lambda s, v: ticks.append((s, v))):
+        res = s2s.segment(jax.random.key(0), img, config=cfg)
+    np.testing.assert_array_equal(res.labels, tiny_n2f_result.labels)
+    every = cfg.val_every
+    # experts of one W-step are stacked or mapped: count the validations of all of them
+    expected = int(sum(-(-int(n) // every) for row in res.train_steps for n in row if n > 0))
+    stacked = cfg.spec().batch == "vmap"  # a vmapped pair reports both at once
+    assert len(ticks) == (expected // 2 if stacked else expected), (len(ticks), res.train_steps)
+    steps = [s for s, _ in ticks]
+    assert all(s % every == 0 and s > 0 for s in steps)
+    assert max(steps) == int(res.train_steps.max())
+    assert all(np.isfinite(v) and v >= 0 for _, v in ticks)
+    n = len(ticks)
+    s2s.segment(jax.random.key(0), img, config=cfg)  # no listener: nothing recorded
+    assert len(ticks) == n
