@@ -47,8 +47,8 @@ def test_sample_data_is_the_noisy_crop():
     assert img.shape == (128, 128) and img.dtype == np.float32 and meta["name"]
 
 
-def _widget_on(viewer, img, config=FAST):
-    viewer.add_image(img, name="blob")
+def _widget_on(viewer, img, config=FAST, name="blob"):
+    viewer.add_image(img, name=name)
     w = _widget.Self2SegWidget(viewer)
     w.config_override = config
     return w
@@ -112,3 +112,49 @@ def test_errors_become_notifications(make_napari_viewer, qtbot):
     assert w.run() is None  # checked before any worker starts
     assert w._status.value.startswith("error:") and "NaN" in w._status.value
     assert "blob labels" not in viewer.layers
+
+
+def test_class_boxes_layer_starts_a_three_class_run(make_napari_viewer, qtbot):
+    """One Shapes layer whose rectangles carry a 'class' feature: its boxes become the
+    ClassBoxes start (their labels are the initial labels); a missing class is an error."""
+    viewer = make_napari_viewer()
+    n = 36
+    yy, xx = np.mgrid[:n, :n]
+    truth = np.where(xx < 12, 0, np.where(xx < 24, 1, 2))
+    img = (np.array([0.2, 0.5, 0.8])[truth]
+           + 0.05 * np.random.default_rng(0).standard_normal((n, n))).astype(np.float32)
+    w = _widget_on(viewer, img, name="three")
+    rects = [np.array([[10, 2], [10, 8], [20, 8], [20, 2]]),
+             np.array([[10, 14], [10, 20], [20, 20], [20, 14]]),
+             np.array([[10, 27], [10, 33], [20, 33], [20, 27]])]
+    viewer.add_shapes(rects, shape_type="rectangle", name="classes",
+                      features={"class": [0, 1, 2]})
+    w._classes.value = 3
+    w._cls.value = viewer.layers["classes"]
+    boxes = _widget.class_boxes_of(viewer.layers["classes"], 3, 2)
+    assert boxes.boxes == [[(10, 2, 20, 8)], [(10, 14, 20, 20)], [(10, 27, 20, 33)]]
+    w.run()
+    _wait(qtbot, w)
+    res = w.last_result
+    assert (res.init_labels[10:20, 14:20] == 1).all() and (res.init_labels[10:20, 27:33] == 2).all()
+    assert np.mean(res.labels == truth) > 0.95
+    assert (np.asarray(viewer.layers["three labels"].data) == res.labels).all()
+    viewer.layers["classes"].features = {"class": [0, 1, 1]}
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
+        _widget.class_boxes_of(viewer.layers["classes"], 3, 2)
+    assert w.run() is None and "class(es) [2]" in w._status.value
+
+
+def test_training_steps_show_in_the_status_line(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, _ = _blob()
+    cfg = Self2SegConfig(lam=0.05, bg_expert="constant", net_width=4, net_depth=1,
+                         train_max_steps=1500, train_min_steps=1500, val_every=10,
+                         max_outer=1, progress_training=True)
+    w = _widget_on(viewer, img, config=cfg)
+    w.run()
+    # polled from the GUI thread while the compiled loop trains (1500 steps: seconds)
+    qtbot.waitUntil(lambda: "training step" in str(w._status.value), timeout=120_000)
+    assert str(w._status.value).startswith("outer 1/1: training step")
+    _wait(qtbot, w)
+    assert w.last_result is not None and w._ticker is None

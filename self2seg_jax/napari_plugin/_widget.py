@@ -1,7 +1,8 @@
 """The "Self2Seg" dock widget: choose an image layer, a preset, λ, µ, the number of classes and
-optional foreground/background box layers; Run segments it off the GUI thread (napari's
-thread worker, progress per outer iteration in the activity dock) and adds or updates the
-result layers; Cancel stops the run between two outer iterations.
+optional foreground/background box layers or one class-box layer (Shapes with a ``class``
+feature); Run segments it off the GUI thread (napari's thread worker, progress per outer
+iteration in the activity dock, training steps in the status line with ``progress_training``)
+and adds or updates the result layers; Cancel stops the run between two outer iterations.
 
 Layouts follow the layer: an RGB layer is a colour image (channels last), any other 3-D layer a
 ``(z, y, x)`` stack, a 2-D layer an image.
@@ -32,6 +33,40 @@ def boxes_of(layer) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def class_boxes_of(layer, num_classes: int, ndim: int):
+    """:class:`~self2seg_jax.initialisation.ClassBoxes` from a Shapes layer whose shapes carry a
+    ``class`` feature (0 = background, 1 .. C-1). 2-D: ``(y0, x0, y1, x1)`` boxes; a ``(z, y,
+    x)`` stack: a rectangle drawn on slice ``z`` is the box ``(z, y0, x0, z + 1, y1, x1)``.
+    Raises ``ValueError`` naming what is missing."""
+    from self2seg_jax.initialisation import ClassBoxes
+
+    feats = getattr(layer, "features", None)
+    if feats is None or "class" not in getattr(feats, "columns", ()):
+        raise ValueError(f"Shapes layer {layer.name!r} has no 'class' feature: give every box "
+                         "its class (0 = background) in the layer's features table")
+    classes = [int(c) for c in np.asarray(feats["class"])]
+    per = [[] for _ in range(num_classes)]
+    for shape, c in zip(layer.data, classes):
+        if not 0 <= c < num_classes:
+            raise ValueError(f"box of class {c} in layer {layer.name!r}: classes are "
+                             f"0..{num_classes - 1}")
+        pts = np.asarray(shape)
+        (y0, x0), (y1, x1) = np.floor(pts[:, -2:].min(0)).astype(int), np.ceil(
+            pts[:, -2:].max(0)).astype(int)
+        if ndim == 3:
+            if pts.shape[1] < 3:
+                raise ValueError(f"layer {layer.name!r}: 2-D boxes cannot start a (z, y, x) stack")
+            z = int(round(float(pts[0, -3])))
+            per[c].append((z, int(y0), int(x0), z + 1, int(y1), int(x1)))
+        else:
+            per[c].append((int(y0), int(x0), int(y1), int(x1)))
+    missing = [i for i, b in enumerate(per) if not b]
+    if missing:
+        raise ValueError(f"layer {layer.name!r} has no box of class(es) {missing}: every class "
+                         "needs one")
+    return ClassBoxes(per)
+
+
 class Self2SegWidget(widgets.Container):
     """Dock widget; ``viewer`` is given by napari."""
 
@@ -50,12 +85,15 @@ class Self2SegWidget(widgets.Container):
                                     choices=lambda _: [None] + self._layers("Shapes"))
         self._bg = widgets.ComboBox(label="background boxes",
                                     choices=lambda _: [None] + self._layers("Shapes"))
+        self._cls = widgets.ComboBox(label="class boxes ('class' feature)",
+                                     choices=lambda _: [None] + self._layers("Shapes"))
         self._seed = widgets.SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self._run = widgets.PushButton(text="Run")
         self._cancel = widgets.PushButton(text="Cancel", enabled=False)
         self._status = widgets.Label(value="")
         super().__init__(widgets=[self._image, self._preset, self._lam, self._mu, self._classes,
-                                  self._fg, self._bg, self._seed, self._run, self._cancel,
+                                  self._fg, self._bg, self._cls, self._seed, self._run,
+                                  self._cancel,
                                   self._status])
         self._image.choices = lambda _: self._layers("Image")
         self._preset.changed.connect(self._on_preset)
@@ -66,6 +104,9 @@ class Self2SegWidget(widgets.Container):
         self.worker = None
         self.last_result = None
         self.config_override: Self2SegConfig | None = None  # scripts and tests: replaces the form
+        self.last_tick = None
+        self._ticker = None
+        self._outer_done = 0
 
     # -- choices -------------------------------------------------------------------------
     def _layers(self, kind: str) -> list:
@@ -75,7 +116,7 @@ class Self2SegWidget(widgets.Container):
         return [lay for lay in self._viewer.layers if isinstance(lay, cls)]
 
     def _refresh(self, *_):
-        for w in (self._image, self._fg, self._bg):
+        for w in (self._image, self._fg, self._bg, self._cls):
             w.reset_choices()
 
     def _on_preset(self, name):
@@ -112,12 +153,21 @@ class Self2SegWidget(widgets.Container):
                            volume=kw.get("volume", False))
         fg = boxes_of(self._fg.value) if self._fg.value is not None else []
         bg = boxes_of(self._bg.value) if self._bg.value is not None else []
+        if self._cls.value is not None:
+            if fg or bg:
+                raise ValueError("choose either class boxes or foreground/background boxes")
+            if kw.get("channel_axis") is not None:
+                raise ValueError("class boxes start grey-value images and stacks; for colour "
+                                 "images use foreground/background boxes or no boxes")
+            kw["init"] = class_boxes_of(self._cls.value, kw["num_classes"],
+                                        3 if kw.get("volume") else 2)
+            return layer, data, kw
         if bg and not fg:
             raise ValueError("background boxes need foreground boxes too")
         if fg:
             if kw["num_classes"] != 2 or kw.get("volume"):
-                raise ValueError("boxes start two-class 2-D runs; for more classes or stacks "
-                                 "use the Python API (ClassBoxes)")
+                raise ValueError("foreground/background boxes start two-class 2-D runs; for "
+                                 "more classes or stacks use class boxes")
             kw["init"] = Boxes(fg=fg, bg=bg)
         return layer, data, kw
 
@@ -136,12 +186,19 @@ class Self2SegWidget(widgets.Container):
             self._status.value = f"error: {_one_line(e)}"
             return None
         key_seed = int(self._seed.value)
+        self.last_tick = None  # (steps, validation score) of the W-step in progress
+
+        def on_tick(step, score):  # compute thread: store only; the GUI timer shows it
+            self.last_tick = (step, score)
 
         def work():
             import jax
 
-            return (yield from s2s.segment_iter(jax.random.key(key_seed), data, config=cfg,
-                                                **kw))
+            from self2seg_jax.progress import training_listener
+
+            with training_listener(on_tick):
+                return (yield from s2s.segment_iter(jax.random.key(key_seed), data,
+                                                    config=cfg, **kw))
 
         worker = create_worker(work, _progress={"total": cfg.max_outer,
                                                 "desc": f"Self2Seg {layer.name}"})
@@ -152,8 +209,27 @@ class Self2SegWidget(widgets.Container):
         self.worker = worker
         self._run.enabled, self._cancel.enabled = False, True
         self._status.value = "compiling and training ..."
+        self._outer_done = 0
+        if cfg.progress_training:
+            self._start_ticker(cfg)
         worker.start()
         return worker
+
+    def _start_ticker(self, cfg):
+        """Show the experts' training steps (reported from inside the compiled loop with
+        ``progress_training``) in the status line, polled from the GUI thread."""
+        from qtpy.QtCore import QTimer
+
+        def show():
+            if self.last_tick is not None and self.worker is not None:
+                step, score = self.last_tick
+                self._status.value = (f"outer {self._outer_done + 1}/{cfg.max_outer}: training "
+                                      f"step {step}/{cfg.train_max_steps}, validation "
+                                      f"{score:.4g}")
+
+        self._ticker = QTimer()
+        self._ticker.timeout.connect(show)
+        self._ticker.start(200)
 
     def cancel(self, *_):
         if self.worker is not None:
@@ -161,6 +237,8 @@ class Self2SegWidget(widgets.Container):
             self._status.value = "cancelling ..."
 
     def _on_event(self, ev):
+        self._outer_done = ev.outer
+        self.last_tick = None
         self._status.value = (f"outer {ev.outer}: mask change {ev.change:.2%}, "
                               f"train steps {list(ev.train_steps)}")
 
@@ -171,6 +249,9 @@ class Self2SegWidget(widgets.Container):
         self._status.value = f"error: {_one_line(e)}"
 
     def _on_finished(self):
+        if getattr(self, "_ticker", None) is not None:
+            self._ticker.stop()
+            self._ticker = None
         self._run.enabled, self._cancel.enabled = True, False
         if self.worker is not None and self.worker.abort_requested:
             self._status.value = "cancelled"
