@@ -150,6 +150,8 @@ def test_summary_pairs_methods_on_common_images(proto):
     assert c["tuned"]["delta"] == pytest.approx(0.1) and c["tuned"]["wtl"] == [3, 0, 0]
     md = R.table(s, {"protocol": "p", "runs": []})
     assert "| 30 | `s2s_default` | `chan_vese` | +0.100 |" in md
+    assert "| 30 | `s2s_default` | 1 × 3 | 0.700 ± " in R.readme_table(s)
+    assert "+0.100, 3/0/0, p " in R.readme_table(s)
 
 
 # -- a tiny run ------------------------------------------------------------------------------
