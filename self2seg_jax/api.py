@@ -302,8 +302,8 @@ def segment(
     args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
             config.hyper(), p.spec)
     if mesh is not None:
-        state = (sharding.run_space(*args, mesh) if callback is None
-                 else sharding.iterate_space(*args, mesh, callback))
+        state = sharding.host_state(sharding.run_space(*args, mesh) if callback is None
+                                    else sharding.iterate_space(*args, mesh, callback))
     else:
         state = (alternating.run(*args) if callback is None
                  else alternating.iterate(*args, callback))

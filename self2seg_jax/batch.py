@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from self2seg_jax import alternating, api
+from self2seg_jax import alternating, api, distributed
 from self2seg_jax.config import Self2SegConfig
 
 AXIS = "batch"
@@ -70,22 +70,6 @@ def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.
         return jax.shard_map(local, mesh=mesh, in_specs=(b, b, b, b, PartitionSpec()),
                              out_specs=b, check_vma=False)(keys, f, w0, labels0, hyper)
     return local(keys, f, w0, labels0, hyper)
-
-
-def _global(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A host array (the same in every process) as a global array of ``sharding``: each
-    process places only the shards of its own devices."""
-    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
-
-
-def _fetch(tree):
-    """The arrays of ``tree`` on the host, whole (gathered from every process when the job has
-    several)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-    return jax.device_get(tree)
 
 
 def image_keys(key, b: int) -> jax.Array:
@@ -160,11 +144,12 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
               np.stack([p.f for p in padded]), np.stack([p.start.weights for p in padded]),
               np.stack([p.start.labels for p in padded]))
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-    arrays = tuple(_global(a, sharding) for a in arrays)
-    hyper = jax.tree.map(lambda a: _global(np.asarray(a), NamedSharding(mesh, PartitionSpec())),
+    arrays = tuple(distributed.global_array(a, sharding) for a in arrays)
+    hyper = jax.tree.map(lambda a: distributed.global_array(np.asarray(a),
+                                                            NamedSharding(mesh, PartitionSpec())),
                          config.hyper())
     state = run_batch(*arrays, hyper, spec, "map", mesh)
-    host = _fetch(state._replace(key=jax.random.key_data(state.key)))
+    host = distributed.fetch(state._replace(key=jax.random.key_data(state.key)))
     return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, config)
                            for i, p in enumerate(prepared)], spec.max_outer)
 

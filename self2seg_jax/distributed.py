@@ -93,3 +93,45 @@ def gather(value) -> list:
     padded[: data.size] = data
     allb = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
     return [json.loads(bytes(row[:n]).decode()) for row, n in zip(allb, sizes)]
+
+
+def global_array(a: np.ndarray, sharding):
+    """A host array that is the same in every process as one global ``jax.Array`` of
+    ``sharding`` (each process places only the shards of its own devices; one process: a plain
+    placement)."""
+    import jax
+
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def replicate(tree, mesh):
+    """Every leaf of ``tree`` (host arrays, scalars or PRNG keys, the same in every process)
+    replicated over ``mesh``, as committed global arrays."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    rep = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, rep)
+
+    def put(x):
+        if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = global_array(np.asarray(jax.random.key_data(x)), rep)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return global_array(np.asarray(x), rep)
+
+    return jax.tree.map(put, tree)
+
+
+def fetch(tree):
+    """The arrays of ``tree`` on the host, whole: gathered from every process when the job has
+    several (a collective: every process must call it), else ``jax.device_get``. PRNG-key
+    leaves must be converted to key data first."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.device_get(tree)

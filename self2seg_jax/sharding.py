@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from self2seg_jax import alternating
+from self2seg_jax import alternating, distributed
 
 SPACE = "space"
 
@@ -81,8 +81,15 @@ _step_space = jax.jit(_outer, static_argnames=("spec", "mesh"))
 
 def _replicated(args, mesh: Mesh):
     """The inputs placed on every device of ``mesh`` (committed: the compiled step then splits
-    them as its constraints say instead of choosing input layouts of its own)."""
-    return jax.device_put(args, NamedSharding(mesh, PartitionSpec()))
+    them as its constraints say instead of choosing input layouts of its own); in a
+    multi-process job, global arrays built from every process's identical host copy."""
+    return distributed.replicate(args, mesh)
+
+
+def host_state(s: alternating.State) -> alternating.State:
+    """The final state on the host, whole (gathered from every process of a multi-process job;
+    its key as key data)."""
+    return distributed.fetch(s._replace(key=jax.random.key_data(s.key)))
 
 
 def run_space(key, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec,

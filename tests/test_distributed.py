@@ -40,6 +40,25 @@ BATCH = textwrap.dedent(f"""
 """)
 
 
+SPACE = textwrap.dedent(f"""
+    import sys
+    import numpy as np
+    from self2seg_jax import distributed
+    pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    distributed.initialize(f"127.0.0.1:{{port}}", 2, pid)
+    import jax, self2seg_jax as s2s
+    mesh = s2s.space_mesh()
+    assert mesh.devices.size == 2 and not all(d.process_index == pid for d in mesh.devices.flat)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :24]
+    img = (0.3 + 0.4 * ((yy - 16) ** 2 + (xx - 10) ** 2 < 36)
+           + 0.1 * rng.standard_normal((32, 24))).astype("float32")
+    res = s2s.segment(jax.random.key(1), img, config={CFG}, mesh=mesh)
+    np.save(out, res.mask)
+    print("OK")
+""")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,6 +102,28 @@ def test_global_batch_over_two_processes_equals_one_process(tmp_path):
         masks = np.load(tmp_path / f"mask{i}.npy")
         for j in range(5):
             np.testing.assert_array_equal(masks[j], s2s.segment(keys[j], imgs[j], config=cfg).mask)
+
+
+def test_one_image_split_over_two_processes_equals_one_process(tmp_path):
+    """A "space" mesh whose devices belong to two processes: inputs become global arrays built
+    from each process's identical host copy, the result is gathered back whole in both."""
+    import jax
+
+    import self2seg_jax as s2s
+
+    port = _free_port()
+    outs = _two_processes(lambda i: [sys.executable, "-c", SPACE, str(i), str(port),
+                                     str(tmp_path / f"space{i}.npy")], tmp_path)
+    for code, o, e in outs:
+        assert code == 0 and o.strip().endswith("OK"), e[-3000:]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :24]
+    img = (0.3 + 0.4 * ((yy - 16) ** 2 + (xx - 10) ** 2 < 36)
+           + 0.1 * rng.standard_normal((32, 24))).astype("float32")
+    ref = s2s.segment(jax.random.key(1), img, config=eval(CFG, {"s2s": s2s})).mask
+    for i in range(2):
+        m = np.load(tmp_path / f"space{i}.npy")
+        assert m.shape == (32, 24) and np.mean(m != ref) <= 2 / m.size
 
 
 def test_cli_over_two_processes_writes_each_output_once(tmp_path):
