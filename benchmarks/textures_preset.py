@@ -9,7 +9,8 @@ left corner). Methods, all with the library's default lam (0.03) and the same bo
 
 * ``textures`` — ``Self2SegConfig.preset("textures")`` (two CNN experts, blind-spot data terms,
   mu = 0) with the primal–dual settings of the texture experiment (``pd_tol = 1e-5``,
-  ``pd_max_iter = 20000``: weak data terms need many iterations, ``experiments.textures``);
+  ``pd_max_iter = 20000``: weak data terms need many iterations, ``experiments.textures``;
+  the preset itself carries them since this run);
 * ``nuclei`` — the library default (CNN foreground on a constant background), same pd settings;
 * ``chan_vese`` — convex Chan–Vese (no mean difference to find: expected to fail).
 

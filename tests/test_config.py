@@ -463,6 +463,7 @@ def test_presets():
     tex = Self2SegConfig.preset("textures", lam=0.06)
     assert (tex.bg_expert, tex.fg_expert, tex.data_term, tex.mu, tex.lam) == \
         ("n2f", "n2f", "blind_spot", 0.0, 0.06)
+    assert (tex.pd_tol, tex.pd_max_iter) == (1e-5, 20000)  # weak data terms need more iterations
     assert Self2SegConfig.preset("paper") == Self2SegConfig.paper()
     with pytest.raises(ValueError, match="unknown preset"):
         Self2SegConfig.preset("cells")
