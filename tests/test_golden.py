@@ -3,7 +3,7 @@
 rerun with the current code: same keys, same labels, same number of outer iterations, same
 energies up to float32 round-off, same ``relaxed_mask`` gradients.
 
-Three documented differences, each measured when the redesign landed:
+Four documented differences, the first three measured when the redesign landed:
 
 * **mu for multi-class / colour / volume runs.** The one scheme gives the reference term the
   same meaning for every class count (``mu/2 (v - v_R)^2`` for two classes, ``mu/4 ||u - u_R||^2``
@@ -17,6 +17,9 @@ Three documented differences, each measured when the redesign landed:
   With the old start (patched in) and ``mu`` doubled the old labels were reproduced up to 2 of
   2304 pixels; the new start is much better on this image (per-class Dice against the known
   regions 0.92 / 0.75 / 1.00 instead of 0.22 / 0.34 / 1.00), which the test asserts.
+* **the stand-alone Noise2Fast denoiser** (``init_denoise`` starts) trains on the whole image
+  with at least 400 steps since issue 15 (``experts.denoiser_config``); the goldens were made
+  with the experts' own schedule, so the comparison patches the floor out.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ ALLOWED_PIXELS = {"colour": 2}
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_golden_case(name):
+def test_golden_case(name, monkeypatch):
+    # the stand-alone denoiser's schedule floor (issue 15) is patched out: the goldens were made
+    # when the denoiser trained with the experts' own schedule (their NET settings)
+    monkeypatch.setattr(s2s.experts, "denoiser_config", lambda cfg: cfg)
     got = make_golden.record([name], overrides=MU_DOUBLED)
     labels, want = got[f"{name}/labels"], GOLDEN[f"{name}/labels"]
     assert labels.shape == want.shape
