@@ -265,10 +265,28 @@ def readme_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- protocol-table:begin -->", "<!-- protocol-table:end -->"
+
+
+def replace_block(path: Path, block: str) -> None:
+    """Replace the text between :data:`BEGIN` and :data:`END` in ``path`` (atomically)."""
+    text = path.read_text()
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        raise SystemExit(f"{path}: markers {BEGIN} ... {END} not found")
+    new = text[: i + len(BEGIN)] + "\n" + block + text[j:]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path)
     ap.add_argument("--protocol", type=Path, default=None, help="default: the one meta.json names")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="also replace the block between the markers <!-- protocol-table:begin "
+                         "--> and <!-- protocol-table:end --> of this file with readme_table.md")
     args = ap.parse_args(argv)
     meta = json.loads((args.results / "meta.json").read_text())
     proto = P.load(args.protocol or meta["protocol"])
@@ -277,6 +295,8 @@ def main(argv=None) -> int:
     (args.results / "summary.json").write_text(json.dumps(summary, indent=1))
     (args.results / "table.md").write_text(table(summary, meta))
     (args.results / "readme_table.md").write_text(readme_table(summary))
+    if args.readme is not None:
+        replace_block(args.readme, readme_table(summary))
     print(table(summary, meta))
     return 0
 

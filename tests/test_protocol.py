@@ -181,3 +181,13 @@ def test_tiny_run_rows_are_paired_and_resumable(tmp_path, proto):
     # deterministic: rerunning a cell reproduces its rows
     again = P.run_cell(proto, "chan_vese", 30, 0, ims, st, grid=(0.01, 0.03))
     assert [r["dice"] for r in again] == [r["dice"] for r in rows[:2]]
+
+
+def test_readme_block_is_replaced_between_markers(tmp_path):
+    f = tmp_path / "README.md"
+    f.write_text(f"intro\n{R.BEGIN}\nold table\n{R.END}\noutro\n")
+    R.replace_block(f, "| new |\n")
+    assert f.read_text() == f"intro\n{R.BEGIN}\n| new |\n{R.END}\noutro\n"
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(SystemExit, match="markers"):
+        R.replace_block(tmp_path / "plain.md", "x")
