@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import functools
 import time
-import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tomllib
 from jax import lax
 
 from self2seg_jax import alternating, api, baselines, data, experts, metrics

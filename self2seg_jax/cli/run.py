@@ -214,7 +214,6 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
     import jax
 
     from self2seg_jax.api import segment
-
     from self2seg_jax.progress import training_listener
 
     t0 = time.perf_counter()
