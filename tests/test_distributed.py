@@ -82,16 +82,22 @@ def _two_processes(argv_of, tmp_path, timeout=600):
     return outs
 
 
+def _run_script(script: str, tmp_path, stem: str) -> None:
+    """``script`` in two processes joined on a free port (argv: process id, port, output
+    ``<stem><id>.npy``); both must print OK."""
+    port = _free_port()
+    outs = _two_processes(lambda i: [sys.executable, "-c", script, str(i), str(port),
+                                     str(tmp_path / f"{stem}{i}.npy")], tmp_path)
+    for code, o, e in outs:
+        assert code == 0 and o.strip().endswith("OK"), e[-3000:]
+
+
 def test_global_batch_over_two_processes_equals_one_process(tmp_path):
     import jax
 
     import self2seg_jax as s2s
 
-    port = _free_port()
-    outs = _two_processes(lambda i: [sys.executable, "-c", BATCH, str(i), str(port),
-                                     str(tmp_path / f"mask{i}.npy")], tmp_path)
-    for code, o, e in outs:
-        assert code == 0 and o.strip().endswith("OK"), e[-3000:]
+    _run_script(BATCH, tmp_path, "mask")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:24, :24]
     imgs = np.stack([0.3 + 0.4 * ((yy - 12) ** 2 + (xx - 10 - s) ** 2 < 36)
@@ -111,11 +117,7 @@ def test_one_image_split_over_two_processes_equals_one_process(tmp_path):
 
     import self2seg_jax as s2s
 
-    port = _free_port()
-    outs = _two_processes(lambda i: [sys.executable, "-c", SPACE, str(i), str(port),
-                                     str(tmp_path / f"space{i}.npy")], tmp_path)
-    for code, o, e in outs:
-        assert code == 0 and o.strip().endswith("OK"), e[-3000:]
+    _run_script(SPACE, tmp_path, "space")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:32, :24]
     img = (0.3 + 0.4 * ((yy - 16) ** 2 + (xx - 10) ** 2 < 36)
