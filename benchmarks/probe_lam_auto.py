@@ -81,8 +81,7 @@ def main() -> int:
             t = time.perf_counter()
             sc = np.asarray(lam_scores(*args, cfg.hyper(), lams, pr.spec))
             dt = time.perf_counter() - t
-            hyp = jax.tree.map(lambda x: jnp.broadcast_to(x, lams.shape), cfg.hyper())
-            st = A.run_sweep(*args, hyp._replace(lam=lams), pr.spec, batch="map")
+            st = A.run_sweep(*args, E.stacked_hyper(cfg, lams), pr.spec, batch="map")
             labels = np.asarray(st.labels) > 0
             dice = [metrics.dice(m, p.gt) for m in labels]
             i = int(np.argmin(sc))

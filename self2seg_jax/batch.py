@@ -145,10 +145,7 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
               np.stack([p.start.labels for p in padded]))
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     arrays = tuple(distributed.global_array(a, sharding) for a in arrays)
-    hyper = jax.tree.map(lambda a: distributed.global_array(np.asarray(a),
-                                                            NamedSharding(mesh, PartitionSpec())),
-                         config.hyper())
-    state = run_batch(*arrays, hyper, spec, "map", mesh)
+    state = run_batch(*arrays, distributed.replicate(config.hyper(), mesh), spec, "map", mesh)
     host = distributed.fetch(state._replace(key=jax.random.key_data(state.key)))
     return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, config)
                            for i, p in enumerate(prepared)], spec.max_outer)

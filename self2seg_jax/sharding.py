@@ -79,13 +79,6 @@ def _outer(s, f, hyper, spec: alternating.Spec, mesh: Mesh) -> alternating.State
 _step_space = jax.jit(_outer, static_argnames=("spec", "mesh"))
 
 
-def _replicated(args, mesh: Mesh):
-    """The inputs placed on every device of ``mesh`` (committed: the compiled step then splits
-    them as its constraints say instead of choosing input layouts of its own); in a
-    multi-process job, global arrays built from every process's identical host copy."""
-    return distributed.replicate(args, mesh)
-
-
 def host_state(s: alternating.State) -> alternating.State:
     """The final state on the host, whole (gathered from every process of a multi-process job;
     its key as key data)."""
@@ -97,7 +90,9 @@ def run_space(key, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.S
     """:func:`self2seg_jax.alternating.run` with the spatial arrays sharded over ``mesh``'s
     ``"space"`` axis (first spatial axis); arguments as there. Returns the final state, its
     spatial arrays sharded."""
-    return _run_space(*_replicated((key, f, w0, labels0, hyper), mesh), spec, mesh)
+    # inputs committed to every device (the compiled step then splits them as its constraints
+    # say); in a multi-process job, global arrays from every process's identical host copy
+    return _run_space(*distributed.replicate((key, f, w0, labels0, hyper), mesh), spec, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))
@@ -111,7 +106,7 @@ def _run_space(key, f, w0, labels0, hyper, spec, mesh):
 def iterate_space(key, f, w0, labels0, hyper, spec, mesh: Mesh, callback) -> alternating.State:
     """:func:`run_space` driven from Python with a progress ``callback`` (as
     :func:`self2seg_jax.alternating.iterate`)."""
-    key, f, w0, labels0, hyper = _replicated((key, f, w0, labels0, hyper), mesh)
+    key, f, w0, labels0, hyper = distributed.replicate((key, f, w0, labels0, hyper), mesh)
     gen = alternating.drive(_init_space(key, f, w0, labels0, spec, mesh),
                             lambda s: _step_space(s, f, hyper, spec, mesh))
     return alternating.follow(alternating.events(gen), callback)

@@ -174,7 +174,7 @@ def test_sweep_equals_separate_runs_and_shares_first_wstep(key):
         assert one.num_outer == r["num_outer"][j]
     # vmap and map batching give the same masks
     m0j = jnp.asarray(m0, jnp.float32)
-    hyp = E._stacked_hyper(cfg, lams)
+    hyp = E.stacked_hyper(cfg, lams)
     sv = alternating.run_sweep(jax.random.split(key)[1], jnp.asarray(f), jnp.stack([1 - m0j, m0j]),
                                m0j.astype(jnp.int32), hyp, spec=cfg.spec(), batch="vmap")
     assert (np.asarray(sv.labels) > 0).shape == r["mask"].shape

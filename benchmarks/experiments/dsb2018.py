@@ -179,7 +179,9 @@ def shared_start(key: jax.Array, noisy: np.ndarray, config: Self2SegConfig):
     return f, mask, (den * (hi - lo) + lo).astype(np.float32)
 
 
-def _stacked_hyper(config: Self2SegConfig, lams) -> alternating.Hyper:
+def stacked_hyper(config: Self2SegConfig, lams) -> alternating.Hyper:
+    """``config.hyper()`` with ``lam`` swept over ``lams`` (every leaf ``(L,)``), for
+    :func:`self2seg_jax.alternating.run_sweep`."""
     lams = jnp.asarray(lams, jnp.float32)
     h = config.hyper()
     return jax.tree.map(lambda x: jnp.broadcast_to(x, lams.shape), h)._replace(lam=lams)
@@ -265,7 +267,7 @@ def self2seg_sweep(
     spec = config.spec()
     s = alternating.run_sweep(
         k_run, jnp.asarray(f, jnp.float32), jnp.stack([1.0 - m0, m0]), m0.astype(jnp.int32),
-        _stacked_hyper(config, lams), spec=spec, batch=batch or default_batch(),
+        stacked_hyper(config, lams), spec=spec, batch=batch or default_batch(),
     )
     den = jax.vmap(lambda t: alternating.composite(alternating.probabilities(t, spec), t.den))(s)
     s = jax.device_get(s)

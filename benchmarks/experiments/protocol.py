@@ -31,6 +31,7 @@ import numpy as np
 import tomllib
 from jax import lax
 
+from experiments import dsb2018
 from self2seg_jax import alternating, api, baselines, data, experts, metrics
 from self2seg_jax.config import Self2SegConfig
 from self2seg_jax.initialisation import otsu_threshold
@@ -142,8 +143,8 @@ def image_key(proto: Protocol, seed: int, index: int) -> jax.Array:
 
 def noisy_image(level: float, seed: int, clean: np.ndarray, index: int) -> np.ndarray:
     """Gaussian noise of std ``level`` (0..255 scale) with seed ``seed*10^6 + 1000*level +
-    index`` — :func:`experiments.dsb2018.noisy_patches`' formula (patches 0..15; the whole
-    image uses :data:`WHOLE_NOISE_INDEX`)."""
+    index`` — :func:`experiments.dsb2018.noisy_patches`' formula, for the whole image
+    (index :data:`WHOLE_NOISE_INDEX`)."""
     return data.add_gaussian_noise(int(seed * 10**6 + 1000 * level + index), clean, float(level))
 
 
@@ -169,13 +170,12 @@ def images(proto: Protocol, level: float, seed: int, scale: str, *, size: int | 
                       np.asarray(gt, bool)[None])
     if scale != "patch":
         raise ValueError(f"scale must be 'patch' or 'whole', got {scale!r}")
-    patches = data.sample_patches(size or proto.data["patch_size"])
     idx = sorted(proto.data["tuning_patches"] + proto.data["evaluation_patches"]) \
         if indices is None else list(indices)
-    clean = np.stack([np.asarray(patches[i][1], np.float32) for i in idx])
-    noisy = np.stack([noisy_image(level, seed, c, i) for c, i in zip(clean, idx)])
-    gt = np.stack([np.asarray(patches[i][2], bool) for i in idx])
-    return Images(idx, clean, noisy, gt)
+    ps = dsb2018.noisy_patches(level, convention=proto.data["convention"], seed=seed,
+                               size=size or proto.data["patch_size"], indices=idx)
+    return Images(idx, np.stack([p.clean for p in ps]), np.stack([p.noisy for p in ps]),
+                  np.stack([np.asarray(p.gt, bool) for p in ps]))
 
 
 def default_batch(kind: str = "self2seg") -> str:
@@ -191,8 +191,10 @@ class Starts(NamedTuple):
     f: np.ndarray         # normalised noisy images
     den: np.ndarray       # normalised Noise2Fast outputs (same normalisation as f)
     den_raw: np.ndarray   # Noise2Fast outputs on the input's scale (for PSNR)
+    lo: np.ndarray        # (n,) normalisation of each image: f = (noisy - lo) / (hi - lo)
+    hi: np.ndarray
     otsu: np.ndarray      # Otsu of f
-    n2f_otsu: np.ndarray  # Otsu of the min-max rescaled Noise2Fast output (segment's start)
+    n2f_otsu: np.ndarray  # Otsu of the min-max rescaled Noise2Fast output (the shared start)
     seconds: float
 
 
@@ -217,8 +219,8 @@ def starts(proto: Protocol, ims: Images, seed: int, *, batch: str | None = None)
     g = [(d - d.min()) / max(float(d.max() - d.min()), 1e-12) for d in den]
     n2f_otsu = np.stack([x > otsu_threshold(x) for x in g])
     otsu = np.stack([x > otsu_threshold(x) for x in f])
-    return Starts(f, den.astype(np.float32), (den * (hi - lo) + lo).astype(np.float32), otsu,
-                  n2f_otsu, time.perf_counter() - t)
+    return Starts(f, den.astype(np.float32), (den * (hi - lo) + lo).astype(np.float32),
+                  lo.ravel(), hi.ravel(), otsu, n2f_otsu, time.perf_counter() - t)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "batch"))
@@ -235,13 +237,6 @@ def _sweep(keys, f, m0, hypers, spec, batch):
         return s.labels > 0, den, s.it, s.status, s.train_steps.sum(axis=(1, 2))
 
     return jax.vmap(one)((keys, f, m0)) if batch == "vmap" else lax.map(one, (keys, f, m0))
-
-
-def stacked_hyper(config: Self2SegConfig, lams) -> alternating.Hyper:
-    """``config.hyper()`` with ``lam`` swept over ``lams`` (every leaf ``(L,)``)."""
-    lams = jnp.asarray(lams, jnp.float32)
-    h = config.hyper()
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, lams.shape), h)._replace(lam=lams)
 
 
 def run_cell(proto: Protocol, method: str, level: float, seed: int, ims: Images, st: Starts, *,
@@ -261,7 +256,7 @@ def run_cell(proto: Protocol, method: str, level: float, seed: int, ims: Images,
     m0 = st.n2f_otsu if (m["start"] == "n2f_otsu" or m["data"] == "n2f") else st.otsu
     keys = jnp.stack([jax.random.split(image_key(proto, seed, i))[1] for i in ims.index])
     t = time.perf_counter()
-    out = _sweep(keys, jnp.asarray(f), jnp.asarray(m0, jnp.float32), stacked_hyper(cfg, grid),
+    out = _sweep(keys, jnp.asarray(f), jnp.asarray(m0, jnp.float32), dsb2018.stacked_hyper(cfg, grid),
                  cfg.spec(), batch or default_batch(m["kind"]))
     masks, den, it, status, steps = jax.device_get(out)
     dt = (time.perf_counter() - t) / len(ims.index)
@@ -285,8 +280,8 @@ def run_cell(proto: Protocol, method: str, level: float, seed: int, ims: Images,
             row["psnr"] = [round(metrics.psnr(st.den_raw[j], ims.clean[j], data_range=255.0), 3)
                            ] * len(grid)
         elif m["kind"] == "self2seg":
-            # composite on the normalised scale, back to the input's scale
-            nlo, nhi = api.normalise(api.validate_image(ims.noisy[j])[0], cfg.normalise)[1:]
+            # composite on the normalised scale (the base config's), back to the input's scale
+            nlo, nhi = float(st.lo[j]), float(st.hi[j])
             row["psnr"] = [round(metrics.psnr(x * (nhi - nlo) + nlo, ims.clean[j],
                                               data_range=255.0), 3) for x in den[j]]
         rows.append(row)

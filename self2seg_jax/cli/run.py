@@ -233,7 +233,7 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
                          f"[{time.perf_counter() - t0:.1f} s]")
         sys.stderr.flush()
 
-    with watched() as w, training_listener(on_training if live else (lambda *_: None)):
+    with watched() as w, (training_listener(on_training) if live else contextlib.nullcontext()):
         res = segment(jax.random.key(seed), image, init=init, config=config,
                       progress=on_iteration, **kw)
     for m in w["warnings"]:
