@@ -119,6 +119,25 @@ print("energy per outer iteration:", np.round(res.energies, 3))
 """)
 
 md(r"""
+### Watching a run, and λ from the image
+
+`progress=True` shows a progress bar for the run (here as HTML; on a terminal a live line on
+stderr): outer iterations and — with `progress_training=True` — the experts' Adam steps, fed
+from inside the compiled loop, with the time elapsed and an upper estimate of the time left.
+(Programs that report training steps are not stored in JAX's persistent compilation cache.)
+
+`lam="auto"` chooses λ for this image from the noise of its own data terms after the first
+W-step (no labels; `self2seg_jax.lam_auto`); `res.lam` records the value used.
+""")
+
+code(r"""
+live = config.replace(progress=True, progress_training=True, lam="auto")
+res_live = s2s.segment(jax.random.key(SEED), noisy, config=live)
+print(f"lam auto -> {res_live.lam:g}: Dice {s2s.metrics.dice(res_live.mask, gt):.4f} "
+      f"(fixed lam {res.lam:g}: {dice:.4f})")
+""")
+
+md(r"""
 ## 3. The stages
 
 On the normalised image $f$: the squared errors of the two experts, $(f - D_F(f))^2$ and

@@ -33,7 +33,8 @@ _LAZY_NAMES = {
 }
 _SUBMODULES = {
     "alternating", "api", "batch", "baselines", "cli", "config", "data", "diff", "energy",
-    "distributed", "experts", "initialisation", "io", "metrics", "ops", "pdhg", "progress",
+    "distributed", "experts", "initialisation", "io", "lam_auto", "metrics", "ops", "pdhg",
+    "progress",
     "provenance", "sharding", "viz",
 }
 

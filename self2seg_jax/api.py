@@ -8,8 +8,8 @@ is traced) -> normalise to ``[0, 1]`` -> initial regions (:mod:`self2seg_jax.ini
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -45,6 +45,8 @@ class Self2SegResult:
       pd_iterations: ``(num_outer,)`` primal–dual iterations per mask step.
       train_steps: ``(num_outer, C)`` Adam steps of each class expert per W-step.
       init_labels: ``(*s)`` int32 initial labels (box starts: 0 outside the boxes).
+      lam: the TV weight the run used (``lam="auto"``: the value chosen for this image;
+        :mod:`self2seg_jax.lam_auto`).
 
     Derived (properties): ``mask = labels > 0``; ``u = 1 - probabilities[0]`` (the relaxed
     foreground); ``denoised_fg = expert_outputs[1]``, ``denoised_bg = expert_outputs[0]``;
@@ -52,7 +54,8 @@ class Self2SegResult:
 
     From :func:`self2seg_jax.segment_batch` (``batched=True``): every array has a leading
     batch axis ``B``; ``num_outer`` is ``(B,)`` int, ``status`` a tuple of ``B`` strings, and the
-    per-iteration arrays are padded to ``max_outer`` rows (NaN energies, zeros elsewhere).
+    per-iteration arrays are padded to ``max_outer`` rows (NaN energies, zeros elsewhere),
+    ``lam`` is ``(B,)`` float.
     """
 
     labels: np.ndarray
@@ -66,6 +69,7 @@ class Self2SegResult:
     pd_iterations: np.ndarray
     train_steps: np.ndarray
     init_labels: np.ndarray
+    lam: float | np.ndarray = float("nan")
     batched: bool = False
 
     def _class(self, a: np.ndarray, k: int) -> np.ndarray:
@@ -227,10 +231,6 @@ def _check_spacing(spacing, nd):
 # ----------------------------------------------------------------------------------------
 
 
-def _print_progress(ev: _progress.Event) -> None:
-    print(f"[self2seg] {_progress.format_event(ev)}", file=sys.stderr, flush=True)
-
-
 def segment(
     key: jax.Array,
     image,
@@ -266,7 +266,9 @@ def segment(
       progress: ``callback(event)`` called after every outer iteration
         (:class:`self2seg_jax.progress.Event`; the outer loop is then driven from Python,
         :func:`self2seg_jax.alternating.iterate`, with the same result); with
-        ``config.progress`` and no callback, one line per iteration is printed to stderr.
+        ``config.progress`` and no callback, a :class:`self2seg_jax.progress.Bar` shows the
+        run (auto-detected: HTML in a notebook, a live line on a terminal's stderr, else one
+        line per iteration), with ``config.progress_training`` down to training steps.
       mesh: a :class:`jax.sharding.Mesh` with an axis ``"space"``
         (:func:`self2seg_jax.sharding.space_mesh`): the image, the mask and the experts'
         outputs are split along the first spatial axis over its devices
@@ -289,7 +291,19 @@ def segment(
       ((64, 64), dtype('bool'))
     """
     _check_config(config)
-    callback = progress if progress is not None else (_print_progress if config.progress else None)
+    if progress is None and config.progress:
+        bar = _progress.Bar(config.max_outer, config.train_max_steps, name="self2seg",
+                            prefix="[self2seg] ")
+        listen = (_progress.training_listener(bar.training) if config.progress_training
+                  else contextlib.nullcontext())
+        try:
+            with listen:
+                return segment(key, image, init=init, config=config, num_classes=num_classes,
+                               channel_axis=channel_axis, volume=volume, spacing=spacing,
+                               class_experts=class_experts, progress=bar.outer, mesh=mesh)
+        finally:
+            bar.close()
+    callback = progress
     if callback is not None and not callable(callback):
         raise ValueError(f"progress must be a callable taking a progress.Event, got {callback!r}")
     if mesh is not None:
@@ -299,6 +313,7 @@ def segment(
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
+    config = resolve_lam(p, config)
     args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
             config.hyper(), p.spec)
     if mesh is not None:
@@ -308,7 +323,7 @@ def segment(
         state = (alternating.run(*args) if callback is None
                  else alternating.iterate(*args, callback))
     result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                          channel_axis=p.channel_axis)
+                          channel_axis=p.channel_axis, lam=config.lam)
     check_pd_cap(result.pd_iterations, config)
     return result
 
@@ -326,11 +341,12 @@ def segment_iter(key, image, *, init="otsu", config: Self2SegConfig = Self2SegCo
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
+    config = resolve_lam(p, config)
     state = yield from alternating.events(alternating.states(
         p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
         config.hyper(), p.spec))
     result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                          channel_axis=p.channel_axis)
+                          channel_axis=p.channel_axis, lam=config.lam)
     check_pd_cap(result.pd_iterations, config)
     return result
 
@@ -376,11 +392,28 @@ def prepare(key, image, *, init="otsu", config: Self2SegConfig = Self2SegConfig(
                     None if channel_axis is None else channel_axis % (nd + 1))
 
 
+def resolve_lam(p: Prepared, config: Self2SegConfig) -> Self2SegConfig:
+    """``config`` with ``lam="auto"`` replaced by the value chosen for the prepared image
+    ``p`` (:mod:`self2seg_jax.lam_auto`: one W-step from the run's own key and start, then a
+    noise scale of its data terms; the run itself then recomputes that W-step, so the result
+    equals the fixed-``lam`` run with the chosen value). Other configs are returned as they
+    are."""
+    if config.lam != "auto":
+        return config
+    from self2seg_jax import lam_auto
+
+    hyper = config.replace(lam=lam_auto.LAM_GRID[0]).hyper()  # the W-step ignores lam
+    sigma = lam_auto.first_step_scale(p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
+                                      jnp.asarray(p.start.labels), hyper, p.spec)
+    return config.replace(lam=lam_auto.choose(sigma))
+
+
 segment_multiclass = segment  # the 0.1 name of the multi-class entry point (same function)
 
 
 def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float, hi: float,
-                 init_labels, channel_axis: int | None = None) -> Self2SegResult:
+                 init_labels, channel_axis: int | None = None,
+                 lam: float = float("nan")) -> Self2SegResult:
     """The :class:`Self2SegResult` of a final scheme state: host arrays in the input's
     intensity scale (``lo``, ``hi`` of the normalisation) and layout (``channel_axis`` of the
     input, normalised to be non-negative; None without channels). Raises on a non-finite run,
@@ -408,6 +441,7 @@ def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float,
         energies=np.asarray(s.energies[:n]), num_outer=n, status=alternating.STATUS_NAMES[status],
         mask_changes=np.asarray(s.changes[:n]), pd_iterations=np.asarray(s.pd_iters[:n]),
         train_steps=np.asarray(s.train_steps[:n]), init_labels=np.asarray(init_labels, np.int32),
+        lam=float(lam),
     )
 
 

@@ -47,7 +47,8 @@ def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.
               mode: str = "vmap", mesh: Mesh | None = None):
     """:func:`self2seg_jax.alternating.run` over a leading batch axis of ``keys`` ``(B,)``
     (typed keys or their ``uint32`` key data), ``f`` ``(B, ...)``, ``w0`` ``(B, C, *s)``,
-    ``labels0`` ``(B, *s)`` (one ``hyper``).
+    ``labels0`` ``(B, *s)``; ``hyper`` with scalar leaves (shared) or ``(B,)`` leaves (one per
+    image, e.g. each image's ``lam="auto"`` value).
 
     ``mode="vmap"``: one batched program (accelerators; the batched ``while_loop`` runs until
     its slowest member stops); ``"map"``: the images one after the other inside the program
@@ -57,17 +58,22 @@ def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.
     device whose images stop early does not wait for another device's slowest image. Returns
     the batched final :class:`~self2seg_jax.alternating.State`."""
 
+    per_image = jnp.ndim(hyper.lam) == 1
+
     def local(keys, f, w0, labels0, hyper):
         if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
             keys = jax.random.wrap_key_data(keys)
-        one = lambda a: alternating.run(a[0], a[1], a[2], a[3], hyper, spec)  # noqa: E731
+        hypers = hyper if per_image else jax.tree.map(
+            lambda a: jnp.broadcast_to(a, keys.shape), hyper)
+        one = lambda a: alternating.run(a[0], a[1], a[2], a[3], a[4], spec)  # noqa: E731
         if mode == "map":
-            return lax.map(one, (keys, f, w0, labels0))
-        return jax.vmap(lambda *a: one(a))(keys, f, w0, labels0)
+            return lax.map(one, (keys, f, w0, labels0, hypers))
+        return jax.vmap(lambda *a: one(a))(keys, f, w0, labels0, hypers)
 
     if mesh is not None and mesh.size > 1:
         b = PartitionSpec(AXIS)
-        return jax.shard_map(local, mesh=mesh, in_specs=(b, b, b, b, PartitionSpec()),
+        return jax.shard_map(local, mesh=mesh,
+                             in_specs=(b, b, b, b, b if per_image else PartitionSpec()),
                              out_specs=b, check_vma=False)(keys, f, w0, labels0, hyper)
     return local(keys, f, w0, labels0, hyper)
 
@@ -126,6 +132,7 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from None
     spec = prepared[0].spec
+    configs = [api.resolve_lam(p, config) for p in prepared]  # lam="auto": one per image
     mesh = batch_mesh() if mesh is None else mesh
     if AXIS not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
@@ -134,26 +141,32 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         # one device: the images one after the other through segment's own compiled scheme
         # (on XLA:CPU a lax.map over whole schemes measured slower than this loop; on an H200
         # vmap was 3.9x slower and lax.map as fast: benchmarks/results/batch/)
-        hyper = config.hyper()
         states = [jax.device_get(alternating.run(p.k_run, p.f, p.start.weights, p.start.labels,
-                                                 hyper, spec)) for p in prepared]
-        return _stack_results([_result(s_i, p, spec, config)
-                               for s_i, p in zip(states, prepared)], spec.max_outer)
-    padded = prepared + [prepared[-1]] * (-b % n_dev)  # a multiple of the device count
+                                                 c.hyper(), spec))
+                  for p, c in zip(prepared, configs)]
+        return _stack_results([_result(s_i, p, spec, c)
+                               for s_i, p, c in zip(states, prepared, configs)], spec.max_outer)
+    pad = -b % n_dev  # a multiple of the device count
+    padded, pconf = prepared + [prepared[-1]] * pad, configs + [configs[-1]] * pad
     arrays = (np.stack([np.asarray(jax.random.key_data(p.k_run)) for p in padded]),
               np.stack([p.f for p in padded]), np.stack([p.start.weights for p in padded]),
               np.stack([p.start.labels for p in padded]))
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     arrays = tuple(distributed.global_array(a, sharding) for a in arrays)
-    state = run_batch(*arrays, distributed.replicate(config.hyper(), mesh), spec, "map", mesh)
+    if config.lam == "auto":
+        hyper = jax.tree.map(lambda *leaves: distributed.global_array(np.stack(leaves), sharding),
+                             *[c.hyper() for c in pconf])
+    else:
+        hyper = distributed.replicate(config.hyper(), mesh)
+    state = run_batch(*arrays, hyper, spec, "map", mesh)
     host = distributed.fetch(state._replace(key=jax.random.key_data(state.key)))
-    return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, config)
-                           for i, p in enumerate(prepared)], spec.max_outer)
+    return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, c)
+                           for i, (p, c) in enumerate(zip(prepared, configs))], spec.max_outer)
 
 
 def _result(state, p: api.Prepared, spec, config) -> api.Self2SegResult:
     res = api.build_result(state, spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                           channel_axis=p.channel_axis)
+                           channel_axis=p.channel_axis, lam=config.lam)
     api.check_pd_cap(res.pd_iterations, config)
     return res
 
@@ -193,5 +206,6 @@ def _stack_results(rs: list[api.Self2SegResult], max_outer: int) -> api.Self2Seg
         energies=rows("energies", np.nan), num_outer=np.array([r.num_outer for r in rs]),
         status=tuple(r.status for r in rs), mask_changes=rows("mask_changes", 0.0),
         pd_iterations=rows("pd_iterations", 0), train_steps=rows("train_steps", 0),
-        init_labels=np.stack([r.init_labels for r in rs]), batched=True,
+        init_labels=np.stack([r.init_labels for r in rs]),
+        lam=np.array([r.lam for r in rs], np.float64), batched=True,
     )

@@ -84,8 +84,10 @@ class Self2SegConfig:
     by ``self2seg segment --help``).
     """
 
-    lam: float = _opt(0.03, "TV weight lambda (> 0) on the [0, 1]-normalised image; about "
-                      "0.005..0.1, larger = smoother", metavar="LAM")
+    lam: float | str = _opt(0.03, "TV weight lambda (> 0) on the [0, 1]-normalised image; about "
+                            "0.005..0.1, larger = smoother; auto = chosen per image from its "
+                            "noise (self2seg_jax.lam_auto; the result records the value)",
+                            metavar="LAM|auto")
     normalise: str = _opt("quantile", "intensity scaling to [0, 1]: the 0.1/99.9 percentiles, "
                           "beyond clipped (quantile: lam then means the same on patches and "
                           "whole images) or min and max (minmax, the paper)")
@@ -207,7 +209,12 @@ class Self2SegConfig:
 
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name == "lam" and isinstance(v, str):
+                if v != "auto":
+                    bad(f"lam must be a number > 0 or 'auto', got {v!r}")
+                continue
             kind = f.type if isinstance(f.type, str) else f.type.__name__
+            kind = "float" if kind == "float | str" else kind  # lam: a number unless "auto"
             if kind == "bool" and not isinstance(v, bool):
                 bad(f"{f.name} must be True or False, got {v!r}")
             if kind == "int" and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
@@ -217,8 +224,8 @@ class Self2SegConfig:
                 bad(f"{f.name} must be a finite real number, got {v!r}")
             if f.name in CHOICES and v not in CHOICES[f.name]:
                 bad(f"{f.name} must be one of {CHOICES[f.name]}, got {v!r}")
-        if not self.lam > 0:
-            bad(f"lam must be a finite number > 0, got {self.lam!r}")
+        if self.lam != "auto" and not self.lam > 0:
+            bad(f"lam must be a finite number > 0 or 'auto', got {self.lam!r}")
         if not self.mu >= 0:
             bad(f"mu must be >= 0, got {self.mu!r}")
         for name in ("data_filter", "linear_size"):
@@ -296,6 +303,9 @@ class Self2SegConfig:
 
         from self2seg_jax import alternating
 
+        if self.lam == "auto":
+            raise ValueError("Self2SegConfig: lam='auto' is chosen per image inside segment(); "
+                             "for the traced numbers give a value (config.replace(lam=...))")
         return alternating.Hyper(*(jnp.asarray(getattr(self, n), jnp.float32)
                                    for n in alternating.Hyper._fields))
 

@@ -11,6 +11,9 @@ validation from inside the compiled program (:func:`training_listener`).
 from __future__ import annotations
 
 import contextlib
+import html
+import sys
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -49,6 +52,151 @@ def format_event(ev: Event) -> str:
     """One line: ``outer 2: energy 12.3, mask change 0.41%, pd iters 120, train steps [0, 150]``."""
     return (f"outer {ev.outer}: energy {ev.energy:.6g}, mask change {ev.change:.4%}, pd iters "
             f"{ev.pd_iters}, train steps {list(ev.train_steps)}")
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's ``ZMQInteractiveShell``)."""
+    ip = sys.modules.get("IPython")
+    if ip is None:
+        return False
+    try:
+        shell = ip.get_ipython()
+    except Exception:  # pragma: no cover - a broken IPython counts as none
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.1f} s"
+
+
+class Bar:
+    """One progress bar for one run: outer iterations and (with
+    ``Self2SegConfig(progress_training=True)``) the Adam steps of the W-step in progress, the
+    time elapsed and an estimate of the time left.
+
+    The estimate assumes every outer iteration up to ``max_outer`` runs, a W-step takes
+    ``TRAIN_SHARE`` of an iteration, and the rate so far holds; the stop rule usually ends a
+    run earlier, so it is an upper estimate ("≤").
+
+    Args:
+      max_outer: the run's ``max_outer``; train_steps: its ``train_max_steps``.
+      name: shown before the bar (e.g. the file name).
+      target: ``"terminal"`` (a line on ``stream`` rewritten in place; the per-iteration log
+        lines are printed above it), ``"notebook"`` (HTML updated in place), ``"lines"`` (only
+        the per-iteration lines, e.g. a log file), ``"none"``, or ``"auto"``: notebook in a
+        Jupyter kernel, terminal when ``stream`` is a TTY, else lines.
+      stream: text stream of the terminal and lines targets (default ``sys.stderr``).
+      lines: print one line per outer iteration (:func:`format_event`), after ``prefix``
+        (default ``"  name: "``).
+
+    Use its methods as callbacks: ``segment(..., progress=bar.outer)`` and
+    ``with training_listener(bar.training): ...``; ``bar.close()`` at the end.
+    """
+
+    TRAIN_SHARE = 0.9
+    MIN_INTERVAL = 0.1  # seconds between redraws of the bar
+
+    def __init__(self, max_outer: int, train_steps: int, *, name: str = "", target: str = "auto",
+                 stream=None, lines: bool = True, prefix: str | None = None):
+        self.max_outer, self.train_steps, self.name = int(max_outer), int(train_steps), name
+        self.stream = sys.stderr if stream is None else stream
+        if target == "auto":
+            tty = getattr(self.stream, "isatty", lambda: False)()
+            target = "notebook" if in_notebook() else ("terminal" if tty else "lines")
+        if target not in ("terminal", "notebook", "lines", "none"):
+            raise ValueError(f"target must be auto, terminal, notebook, lines or none, got "
+                             f"{target!r}")
+        self.target, self.lines = target, lines
+        self.prefix = (f"  {name}: " if name else "  ") if prefix is None else prefix
+        self.t0 = time.perf_counter()
+        self.done = 0  # finished outer iterations
+        self.step = 0  # Adam steps of the W-step in progress
+        self.log: list[str] = []
+        self.closed = False
+        self._last = 0.0
+        self._handle = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def fraction(self) -> float:
+        """Share of the largest possible run done, in ``[0, 1]``."""
+        w = min(self.step / max(self.train_steps, 1), 1.0) * self.TRAIN_SHARE
+        return min((self.done + w) / max(self.max_outer, 1), 1.0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def remaining(self) -> float | None:
+        """Upper estimate of the seconds left (None before any progress)."""
+        f = self.fraction
+        return None if f <= 0 else self.elapsed() * (1.0 - f) / f
+
+    def text(self) -> str:
+        """``name outer 3/8 · training step 120/150 · 12.3 s · ≤ 20.0 s left``."""
+        parts = [f"outer {min(self.done + (0 if self.closed else 1), self.max_outer)}"
+                 f"/{self.max_outer}"]
+        if self.step and not self.closed:
+            parts.append(f"training step {self.step}/{self.train_steps}")
+        parts.append(_duration(self.elapsed()))
+        rem = self.remaining()
+        if not self.closed and rem is not None:
+            parts.append(f"≤ {_duration(rem)} left")
+        return (f"{self.name}: " if self.name else "") + " · ".join(parts)
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def outer(self, ev: Event) -> None:
+        """Progress callback of :func:`self2seg_jax.segment`."""
+        self.done, self.step = ev.outer, 0
+        line = format_event(ev) + f" [{_duration(self.elapsed())}]"
+        self.log.append(line)
+        if self.lines and self.target in ("terminal", "lines"):
+            clear = "\r\033[K" if self.target == "terminal" else ""
+            self.stream.write(f"{clear}{self.prefix}{line}\n")
+        self._draw(force=True)
+
+    def training(self, step, score=None) -> None:
+        """Listener of :func:`training_listener`."""
+        self.step = int(step)
+        self._draw()
+
+    def close(self) -> None:
+        """Draw the final state and end the terminal line."""
+        if self.closed:
+            return
+        self.closed = True
+        self._draw(force=True)
+        if self.target == "terminal":
+            self.stream.write("\n")
+            self.stream.flush()
+
+    # -- rendering ---------------------------------------------------------------------------
+    def html(self) -> str:
+        rows = "".join(f"<div>{html.escape(x)}</div>" for x in self.log)
+        return (f"<div style='font-family:monospace'><progress value='{self.fraction:.4f}' "
+                f"max='1' style='width:40ex'></progress> {html.escape(self.text())}"
+                f"<div style='font-size:85%;opacity:.8'>{rows}</div></div>")
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last < self.MIN_INTERVAL:
+            return
+        self._last = now
+        if self.target == "terminal":
+            width = 20
+            full = int(round(self.fraction * width))
+            self.stream.write(f"\r\033[K[{'#' * full}{'.' * (width - full)}] {self.text()}")
+            self.stream.flush()
+        elif self.target == "notebook":
+            from IPython.display import HTML, display
+
+            if self._handle is None:
+                self._handle = display(HTML(self.html()), display_id=True)
+            else:
+                self._handle.update(HTML(self.html()))
+        elif self.target == "lines":
+            self.stream.flush()
 
 
 _training_listeners: list = []

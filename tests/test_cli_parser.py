@@ -126,7 +126,7 @@ def _default_in_help(field, entry: str):
     text = m.group(1)
     if field.type == "bool":
         return {"on": True, "off": False}[text]
-    return {"float": float, "int": int, "str": str}[field.type](text)
+    return {"float": float, "float | str": float, "int": int, "str": str}[field.type](text)
 
 
 @pytest.mark.parametrize("command", ["segment", "demo"])

@@ -31,7 +31,7 @@ def make_result(labels, *, num_classes=2, denoised=None, status="max_outer reach
         num_outer=3, status=status, mask_changes=np.array([0.1, 0.01, 0.0], np.float32),
         pd_iterations=np.array([120, 40, 10], np.int32),
         train_steps=np.arange(3 * c, dtype=np.int32).reshape(3, c),
-        init_labels=np.zeros(labels.shape, np.int32),
+        init_labels=np.zeros(labels.shape, np.int32), lam=0.03,
     )
 
 
@@ -82,7 +82,7 @@ def test_run_report_fields():
     assert rep["foreground_fraction"] == pytest.approx(12 / 80)
     assert rep["num_classes"] == 2 and rep["class_fractions"] == pytest.approx([68 / 80, 12 / 80])
     assert rep["warnings"] == ["w1"]
-    assert rep["timings"]["compile_s"] == 0.5 and rep["seconds"] == 1.235
+    assert rep["timings"]["compile_s"] == 0.5 and rep["seconds"] == 1.235 and rep["lam"] == 0.03
     # plain Python types only: the report is JSON as it is
     text = json.dumps(rep, allow_nan=False)
     assert json.loads(text) == rep
@@ -156,7 +156,7 @@ def test_short_and_done_line():
     rep["outputs"] = {"mask": "o/cells_mask.tif"}
     s = R.short(rep)
     assert list(s) == [k for k in R.SHORT_KEYS if k in rep]
-    assert s == {"status": "max_outer reached", "num_outer": 3, "seconds": 1.235,
+    assert s == {"status": "max_outer reached", "num_outer": 3, "lam": 0.03, "seconds": 1.235,
                  "foreground_fraction": 0.25, "warnings": ["w1"],
                  "outputs": {"mask": "o/cells_mask.tif"}}
     assert "energies" not in s and "options" not in s and "dice" not in s
@@ -172,3 +172,5 @@ def test_short_and_done_line():
                                              "Dice 0.9123, PSNR 27.46 dB")
     rep["dice"] = None  # e.g. an undefined metric: no 'Dice n/a' crash
     assert "Dice" not in R.done_line("", "c.tif", rep)
+    rep["options"]["lam"] = "auto"  # the chosen value is named only when it was chosen
+    assert ", lam 0.03 (auto), foreground" in R.done_line("", "c.tif", rep)

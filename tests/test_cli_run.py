@@ -545,8 +545,8 @@ def test_progress_lines_and_no_recompilation(tmp_path, capfd, monkeypatch):
     rep1 = json.loads((tmp_path / "o1" / "img_report.json").read_text())
     lines = [ln for ln in err.splitlines() if ln.startswith("  img: outer ")]
     assert len(lines) == rep1["num_outer"] >= 1
-    assert [ln.split()[2] for ln in lines] == [str(k) for k in range(1, len(lines) + 1)]
-    assert lines[0].startswith("  img: outer 1  energy ") and "pd iters" in lines[0]
+    assert [ln.split()[2] for ln in lines] == [f"{k}:" for k in range(1, len(lines) + 1)]
+    assert lines[0].startswith("  img: outer 1: energy ") and "pd iters" in lines[0]
     assert f"{img}: done in" in err and "(incl. compilation)" in err
     assert rep1["timings"]["includes_compilation"] is True and rep1["timings"]["compile_s"] > 0
     assert len(traces) >= 1
@@ -561,7 +561,7 @@ def test_progress_lines_and_no_recompilation(tmp_path, capfd, monkeypatch):
     assert len(traces) == n_traces
     # quiet and verbose runs share one compiled program
     rc, _, err = run(["segment", img, "-o", tmp_path / "o3"] + CONST, capfd)
-    assert rc == 0 and "  img: outer 1  energy " in err and "(incl. compilation)" not in err
+    assert rc == 0 and "  img: outer 1: energy " in err and "(incl. compilation)" not in err
     assert json.loads((tmp_path / "o3" / "img_report.json").read_text())["energies"] == \
         rep1["energies"]
     assert len(traces) == n_traces

@@ -40,9 +40,11 @@ def test_defaults_are_valid():
 
 
 def test_every_field_has_a_known_kind():
-    """The type checks in validate() are keyed on these four annotations: a field of another
-    kind would silently escape the type check."""
-    assert {_kind(n) for n in FIELDS} == {"float", "int", "bool", "str"}
+    """The type checks in validate() are keyed on these annotations: a field of another
+    kind would silently escape the type check. ``float | str`` is lam alone (a number or
+    "auto", checked by test_lam_auto)."""
+    assert {_kind(n) for n in FIELDS} == {"float", "int", "bool", "str", "float | str"}
+    assert _names("float | str") == ["lam"]
     # every str field is a choice (nothing else checks a string's value)
     assert set(_names("str")) == set(CHOICES)
 
@@ -157,7 +159,7 @@ def test_out_of_range_values_raise_on_construction_and_replace(name, value, matc
 def test_every_numeric_field_has_a_range_case():
     """Each int/float field is range-checked by some case above, except those with no range."""
     covered = {n for n, _, _ in BAD_RANGES}
-    assert covered == set(_names("int")) | set(_names("float"))
+    assert covered == set(_names("int")) | set(_names("float")) | set(_names("float | str"))
 
 
 @pytest.mark.parametrize(

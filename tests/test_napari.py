@@ -158,3 +158,20 @@ def test_training_steps_show_in_the_status_line(make_napari_viewer, qtbot):
     assert str(w._status.value).startswith("outer 1/1: training step")
     _wait(qtbot, w)
     assert w.last_result is not None and w._ticker is None
+
+
+def test_auto_lambda_from_the_form_reaches_the_run(make_napari_viewer, qtbot):
+    from self2seg_jax import lam_auto
+
+    viewer = make_napari_viewer()
+    img, _ = _blob()
+    w = _widget_on(viewer, img, config=None)
+    w._lam_auto.value = True
+    assert w.config().lam == "auto" and not w._lam.enabled
+    w._lam_auto.value = False
+    assert w.config().lam == float(w._lam.value) and w._lam.enabled
+    w.config_override = FAST.replace(lam="auto")
+    w.run()
+    _wait(qtbot, w)
+    assert w.last_result.lam in lam_auto.LAM_GRID
+    assert f"λ {w.last_result.lam:g} (auto)" in str(w._status.value)

@@ -90,6 +90,11 @@ def test_notebook_executes(tmp_path, monkeypatch):
         if o.get("output_type") == "stream"
     )
     assert "Dice" in text and "PSNR" in text
+    assert "lam auto -> " in text
+    html = "\n".join(
+        o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code"
+        for o in c.outputs if o.get("output_type") in ("display_data", "update_display_data"))
+    assert "<progress value=" in html and "outer" in html  # the bar, auto-detected
     assert "lambda values in one call" in text
     assert "no recompilation" in text
     for lam in TINY["LAMS"]:

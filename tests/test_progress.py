@@ -5,6 +5,7 @@ recompilation when the callback changes; config.progress prints to stderr."""
 
 from __future__ import annotations
 
+import io
 import threading
 
 import jax
@@ -278,3 +279,108 @@ def test_training_steps_are_reported_from_inside_the_compiled_loop(blob32, tiny_
     n = len(ticks)
     s2s.segment(jax.random.key(0), img, config=cfg)  # no listener: nothing recorded
     assert len(ticks) == n
+
+
+# ------------------------------------------------------------------------------ the bar
+
+
+class _TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _ev(k, status=0):
+    return progress.Event(k, 1.0 / k, 0.1, 10, (0, 100), status)
+
+
+def test_bar_fraction_and_upper_estimate(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    bar = progress.Bar(4, 100, target="none")  # t0 = 0
+    assert bar.fraction == 0 and bar.remaining() is None
+    now[0] = 4.0
+    bar.training(50)
+    assert bar.fraction == pytest.approx(0.5 * progress.Bar.TRAIN_SHARE / 4)
+    assert bar.remaining() == pytest.approx(4.0 * (1 - bar.fraction) / bar.fraction)  # t = 4
+    bar.outer(_ev(1))  # the W-step's steps are reset by the finished iteration
+    assert bar.step == 0 and bar.fraction == pytest.approx(0.25)
+    bar.training(1000)  # more steps than the cap count as a full W-step
+    assert bar.fraction == pytest.approx((1 + progress.Bar.TRAIN_SHARE) / 4)
+    bar.outer(_ev(4, status=1))
+    assert bar.fraction == 1.0
+
+
+def test_bar_on_a_terminal_redraws_one_line_and_keeps_the_iteration_lines():
+    out = _TTY()
+    bar = progress.Bar(3, 100, name="cells.tif", stream=out)
+    assert bar.target == "terminal"  # auto: a TTY stream outside a notebook
+    bar.training(40)
+    bar.outer(_ev(1))
+    bar.close()
+    text = out.getvalue()
+    assert "\r\033[K[" in text and "cells.tif: outer 1/3 · training step 40/100" in text
+    assert "\r\033[K  cells.tif: outer 1: energy 1, mask change 10.0000%" in text
+    assert "left" in text and text.endswith("\n")
+    lines = progress.Bar(3, 100, stream=io.StringIO(), prefix="> ")
+    assert lines.target == "lines"  # auto: not a TTY
+    lines.training(40)
+    lines.outer(_ev(1))
+    lines.close()
+    assert lines.stream.getvalue().startswith("> outer 1: energy 1") and "\r" not in \
+        lines.stream.getvalue()
+    with pytest.raises(ValueError, match="target must be"):
+        progress.Bar(3, 100, target="gui")
+
+
+def test_bar_in_a_notebook_updates_one_html_display(monkeypatch):
+    import sys
+    import types
+
+    shown = []
+
+    class Handle:
+        def update(self, obj):
+            shown.append(("update", obj.data))
+
+    def display(obj, display_id=False):
+        assert display_id is True
+        shown.append(("display", obj.data))
+        return Handle()
+
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})  # noqa: N806
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: ZMQInteractiveShell()
+    fake_display = types.ModuleType("IPython.display")
+    fake_display.display, fake_display.HTML = display, types.SimpleNamespace
+    fake_display.HTML = lambda s: types.SimpleNamespace(data=s)
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    monkeypatch.setitem(sys.modules, "IPython.display", fake_display)
+    assert progress.in_notebook()
+    out = io.StringIO()
+    bar = progress.Bar(2, 10, stream=out)
+    assert bar.target == "notebook"
+    bar.outer(_ev(1))
+    bar.training(5)
+    bar.outer(_ev(2, status=1))
+    bar.close()
+    assert shown[0][0] == "display" and {k for k, _ in shown[1:]} == {"update"}
+    assert "<progress value='1.0000'" in shown[-1][1] and "outer 2: energy 0.5" in shown[-1][1]
+    assert out.getvalue() == ""  # nothing on stderr in a notebook
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not progress.in_notebook()
+
+
+def test_config_progress_in_segment_closes_its_bar(const_config, make_blob, monkeypatch):
+    bars = []
+    real = progress.Bar
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "target": "none"})
+            bars.append(self)
+
+    monkeypatch.setattr(progress, "Bar", Spy)
+    img, _ = make_blob(3, 24, 0.15)
+    res = s2s.segment(jax.random.key(0), img, config=const_config.replace(progress=True))
+    [bar] = bars
+    assert bar.closed and bar.done == res.num_outer and len(bar.log) == res.num_outer

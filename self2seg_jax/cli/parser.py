@@ -56,6 +56,16 @@ CLI_FIELDS = tuple(f for f in FIELDS.values() if "cli" in f.metadata)
 _TYPES = {"float": float, "int": int, "str": str}
 
 
+def _lam(text: str):
+    """``--lam``: a number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 class CLIError(Exception):
     """A user-facing problem: printed as one line, exit code 2."""
 
@@ -97,10 +107,10 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                            default=None, help=f"{f.metadata['help']} (default: {state})")
             continue
         kw = {"choices": CHOICES[f.name]} if f.name in CHOICES else {"metavar": meta["metavar"]}
-        g.add_argument(flag_name(f), dest=f.name, type=_TYPES[f.type], default=None,
-                       help=f"{f.metadata['help']} (default {f.default:g})"
-                       if f.type == "float" else f"{f.metadata['help']} (default {f.default})",
-                       **kw)
+        g.add_argument(flag_name(f), dest=f.name, type=_lam if f.name == "lam" else _TYPES[f.type],
+                       default=None, help=f"{f.metadata['help']} (default {f.default:g})"
+                       if f.type.startswith("float") else
+                       f"{f.metadata['help']} (default {f.default})", **kw)
     g.add_argument("--paper", action="store_true",
                    help="start from Self2SegConfig.paper() (the authors' 64x8 CNNs, slow)")
     g.add_argument("--config", type=Path, metavar="FILE",
@@ -229,13 +239,15 @@ def _typed(field: dataclasses.Field, value, where: str):
     """Check a TOML value against a :class:`Self2SegConfig` field's type."""
     t = field.type
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t == "float" and is_num:
+    if field.name == "lam" and value == "auto":
+        return value
+    if t.startswith("float") and is_num:
         return float(value)
     if (t == "int" and isinstance(value, int) and not isinstance(value, bool)) or (
             t == "bool" and isinstance(value, bool)) or (t == "str" and isinstance(value, str)):
         return value
-    kind = {"float": "a number", "int": "an integer", "bool": "true or false",
-            "str": "a string"}.get(t, t)
+    kind = {"float": "a number", "float | str": "a number or 'auto'", "int": "an integer",
+            "bool": "true or false", "str": "a string"}.get(t, t)
     raise CLIError(f"{where}: option {field.name!r} must be {kind}, got {value!r}")
 
 

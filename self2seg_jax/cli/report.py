@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-SHORT_KEYS = ("status", "num_outer", "seconds", "foreground_fraction", "dice", "iou",
+SHORT_KEYS = ("status", "num_outer", "lam", "seconds", "foreground_fraction", "dice", "iou",
               "psnr_denoised", "psnr_input", "ssim_denoised", "warnings", "outputs")
 
 
@@ -37,6 +37,7 @@ def run_report(*, name, image, config, seed, init_desc, layout, res, warnings, t
         "versions": provenance.versions(),
         "status": res.status,
         "num_outer": res.num_outer,
+        "lam": float(res.lam),  # the value used (options.lam may say "auto")
         "energies": [float(e) for e in res.energies],
         "mask_changes": [float(v) for v in res.mask_changes],
         "pd_iterations": [int(i) for i in res.pd_iterations],
@@ -76,7 +77,9 @@ def short(rep: dict) -> dict:
 def done_line(prefix: str, path, rep: dict) -> str:
     comp = " (incl. compilation)" if rep["timings"]["includes_compilation"] else ""
     return (f"{prefix}{path}: done in {rep['seconds']:.1f} s{comp}, {rep['num_outer']} outer "
-            f"iterations ({rep['status']}), foreground {rep['foreground_fraction']:.1%}"
+            f"iterations ({rep['status']}), "
+            + (f"lam {rep['lam']:g} (auto), " if rep["options"].get("lam") == "auto" else "")
+            + f"foreground {rep['foreground_fraction']:.1%}"
             + (f", Dice {rep['dice']:.4f}" if rep.get("dice") is not None else "")
             + (f", PSNR {rep['psnr_denoised']:.2f} dB"
                if rep.get("psnr_denoised") is not None else ""))

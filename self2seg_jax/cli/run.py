@@ -214,28 +214,20 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
     import jax
 
     from self2seg_jax.api import segment
-    from self2seg_jax.progress import training_listener
+    from self2seg_jax.progress import Bar, training_listener
 
-    t0 = time.perf_counter()
-    done = [0]  # finished outer iterations
-    live = config.progress_training and not args.quiet and sys.stderr.isatty()
-
-    def on_iteration(ev):
-        done[0] = ev.outer
-        log(args, ("\r\033[K" if live else "") +
-            f"  {name}: outer {ev.outer}  energy {ev.energy:.5g}  mask change "
-            f"{ev.change:.3%}  pd iters {ev.pd_iters}  train steps {list(ev.train_steps)}  "
-            f"[{time.perf_counter() - t0:.1f} s]")
-
-    def on_training(step, score):  # one live line on a terminal, rewritten in place
-        sys.stderr.write(f"\r\033[K  {name}: outer {done[0] + 1}/{config.max_outer}: training "
-                         f"step {step}/{config.train_max_steps}  validation {score:.4g}  "
-                         f"[{time.perf_counter() - t0:.1f} s]")
-        sys.stderr.flush()
-
-    with watched() as w, (training_listener(on_training) if live else contextlib.nullcontext()):
-        res = segment(jax.random.key(seed), image, init=init, config=config,
-                      progress=on_iteration, **kw)
+    # one bar per file: a live line on a terminal (training steps with progress_training),
+    # the per-iteration lines only when stderr is a file or pipe; nothing with --quiet
+    bar = Bar(config.max_outer, config.train_max_steps, name=name,
+              target="none" if args.quiet else ("terminal" if sys.stderr.isatty() else "lines"))
+    live = config.progress_training and bar.target == "terminal"
+    try:
+        with watched() as w, (training_listener(bar.training) if live
+                              else contextlib.nullcontext()):
+            res = segment(jax.random.key(seed), image, init=init, config=config,
+                          progress=bar.outer, **kw)
+    finally:
+        bar.close()
     for m in w["warnings"]:
         log(args, f"  {name}: warning: {m}")
     return res, w["timings"], w["warnings"]

@@ -78,6 +78,8 @@ class Self2SegWidget(widgets.Container):
         self._preset = widgets.ComboBox(label="preset", choices=list(PRESETS), value="nuclei")
         self._lam = widgets.FloatSpinBox(label="λ (TV weight)", value=Self2SegConfig().lam,
                                          min=1e-4, max=10.0, step=0.005)
+        self._lam_auto = widgets.CheckBox(text="choose λ from the image's noise (auto)",
+                                          value=False)
         self._mu = widgets.FloatSpinBox(label="µ (reference mask)", value=Self2SegConfig().mu,
                                         min=0.0, max=10.0, step=0.005)
         self._classes = widgets.SpinBox(label="classes", value=2, min=2, max=8)
@@ -91,12 +93,14 @@ class Self2SegWidget(widgets.Container):
         self._run = widgets.PushButton(text="Run")
         self._cancel = widgets.PushButton(text="Cancel", enabled=False)
         self._status = widgets.Label(value="")
-        super().__init__(widgets=[self._image, self._preset, self._lam, self._mu, self._classes,
+        super().__init__(widgets=[self._image, self._preset, self._lam, self._lam_auto, self._mu,
+                                  self._classes,
                                   self._fg, self._bg, self._cls, self._seed, self._run,
                                   self._cancel,
                                   self._status])
         self._image.choices = lambda _: self._layers("Image")
         self._preset.changed.connect(self._on_preset)
+        self._lam_auto.changed.connect(lambda on: setattr(self._lam, "enabled", not on))
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
         self._viewer.layers.events.inserted.connect(self._refresh)
@@ -127,8 +131,8 @@ class Self2SegWidget(widgets.Container):
     def config(self) -> Self2SegConfig:
         if self.config_override is not None:
             return self.config_override
-        return Self2SegConfig.preset(self._preset.value, lam=float(self._lam.value),
-                                     mu=float(self._mu.value))
+        lam = "auto" if self._lam_auto.value else float(self._lam.value)
+        return Self2SegConfig.preset(self._preset.value, lam=lam, mu=float(self._mu.value))
 
     def _request(self):
         """``(layer, data, keyword arguments of segment_iter)``; ``ValueError`` if unusable."""
@@ -269,5 +273,6 @@ class Self2SegWidget(widgets.Container):
                 self._viewer.layers[name].data = value
             else:
                 add(value, name=name)
-        self._status.value = (f"done: {res.num_outer} outer iterations ({res.status}), "
+        chosen = f", λ {res.lam:g} (auto)" if self.config().lam == "auto" else ""
+        self._status.value = (f"done: {res.num_outer} outer iterations ({res.status}){chosen}, "
                               f"foreground {float(res.mask.mean()):.1%}")
