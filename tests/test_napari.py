@@ -153,9 +153,12 @@ def test_training_steps_show_in_the_status_line(make_napari_viewer, qtbot):
                          max_outer=1, progress_training=True)
     w = _widget_on(viewer, img, config=cfg)
     w.run()
+    pbar = w.worker.pbar  # the run's bar in the activity dock
     # polled from the GUI thread while the compiled loop trains (1500 steps: seconds)
     qtbot.waitUntil(lambda: "training step" in str(w._status.value), timeout=120_000)
     assert str(w._status.value).startswith("outer 1/1: training step")
+    # set in the same poll: the bar's description in the activity dock
+    assert str(pbar.desc).startswith("Self2Seg blob: outer 1/1: training step")
     _wait(qtbot, w)
     assert w.last_result is not None and w._ticker is None
 

@@ -215,21 +215,25 @@ class Self2SegWidget(widgets.Container):
         self._status.value = "compiling and training ..."
         self._outer_done = 0
         if cfg.progress_training:
-            self._start_ticker(cfg)
+            self._start_ticker(cfg, layer.name)
         worker.start()
         return worker
 
-    def _start_ticker(self, cfg):
+    def _start_ticker(self, cfg, name: str):
         """Show the experts' training steps (reported from inside the compiled loop with
-        ``progress_training``) in the status line, polled from the GUI thread."""
+        ``progress_training``) in the status line and in the description of the run's bar in
+        the activity dock, polled from the GUI thread."""
         from qtpy.QtCore import QTimer
 
         def show():
             if self.last_tick is not None and self.worker is not None:
                 step, score = self.last_tick
-                self._status.value = (f"outer {self._outer_done + 1}/{cfg.max_outer}: training "
-                                      f"step {step}/{cfg.train_max_steps}, validation "
-                                      f"{score:.4g}")
+                where = (f"outer {self._outer_done + 1}/{cfg.max_outer}: training step "
+                         f"{step}/{cfg.train_max_steps}")
+                self._status.value = f"{where}, validation {score:.4g}"
+                pbar = getattr(self.worker, "pbar", None)
+                if pbar is not None:
+                    pbar.set_description(f"Self2Seg {name}: {where}")
 
         self._ticker = QTimer()
         self._ticker.timeout.connect(show)
