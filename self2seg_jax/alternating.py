@@ -289,6 +289,31 @@ def run(key, f, w0, labels0, hyper: Hyper, spec: Spec) -> State:
 
 _init_jit = jax.jit(init_state, static_argnames=("spec",))
 _step_jit = jax.jit(outer_step, static_argnames=("spec",))
+_u_jit = jax.jit(u_step, static_argnames=("spec",))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def first_w_step(key, f, w0, labels0, hyper: Hyper, spec: Spec) -> tuple[State, WStep]:
+    """The initial state of :func:`run` and its first W-step (which uses only
+    ``hyper.learning_rate``): what a choice of ``lam`` after the first W-step
+    (:mod:`self2seg_jax.lam_auto`) looks at before :func:`run_from_w_step` goes on."""
+    s0 = init_state(key, f, w0, labels0, spec)
+    return s0, w_step(s0, f, hyper, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def run_from_w_step(s0: State, ws: WStep, f, hyper: Hyper, spec: Spec) -> State:
+    """:func:`run` from the output of :func:`first_w_step` (the same iterations; split in two
+    compiled programs, so equal up to float rounding)."""
+    return _continue(u_step(s0, ws, f, hyper, spec), f, hyper, spec)
+
+
+def states_from_w_step(s0: State, ws: WStep, f, hyper: Hyper, spec: Spec):
+    """:func:`states` from the output of :func:`first_w_step`: the state after each outer
+    iteration; returns the final state."""
+    s = _u_jit(s0, ws, f, hyper, spec)
+    yield s
+    return (yield from drive(s, lambda c: _step_jit(c, f, hyper, spec)))
 
 
 def iterate(key, f, w0, labels0, hyper: Hyper, spec: Spec,

@@ -313,6 +313,17 @@ def segment(
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
+    if config.lam == "auto" and mesh is None:  # the choice shares the run's first W-step
+        config, first = _auto_first_step(p, config)
+        if callback is None:
+            state = alternating.run_from_w_step(*first, jnp.asarray(p.f), config.hyper(), p.spec)
+        else:
+            state = alternating.follow(alternating.events(alternating.states_from_w_step(
+                *first, jnp.asarray(p.f), config.hyper(), p.spec)), callback)
+        result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
+                              channel_axis=p.channel_axis, lam=config.lam)
+        check_pd_cap(result.pd_iterations, config)
+        return result
     config = resolve_lam(p, config)
     args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
             config.hyper(), p.spec)
@@ -341,10 +352,13 @@ def segment_iter(key, image, *, init="otsu", config: Self2SegConfig = Self2SegCo
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
-    config = resolve_lam(p, config)
-    state = yield from alternating.events(alternating.states(
-        p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
-        config.hyper(), p.spec))
+    if config.lam == "auto":
+        config, first = _auto_first_step(p, config)
+        gen = alternating.states_from_w_step(*first, jnp.asarray(p.f), config.hyper(), p.spec)
+    else:
+        gen = alternating.states(p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
+                                 jnp.asarray(p.start.labels), config.hyper(), p.spec)
+    state = yield from alternating.events(gen)
     result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
                           channel_axis=p.channel_axis, lam=config.lam)
     check_pd_cap(result.pd_iterations, config)
@@ -392,12 +406,24 @@ def prepare(key, image, *, init="otsu", config: Self2SegConfig = Self2SegConfig(
                     None if channel_axis is None else channel_axis % (nd + 1))
 
 
+def _auto_first_step(p: Prepared, config: Self2SegConfig):
+    """``(config with the chosen lam, (initial state, first W-step))`` of ``lam="auto"``."""
+    from self2seg_jax import lam_auto
+
+    hyper = config.replace(lam=lam_auto.LAM_GRID[0]).hyper()  # the W-step ignores lam
+    f = jnp.asarray(p.f)
+    first = alternating.first_w_step(p.k_run, f, jnp.asarray(p.start.weights),
+                                     jnp.asarray(p.start.labels), hyper, p.spec)
+    return config.replace(lam=lam_auto.choose(lam_auto.scale_of(first[1], f, p.spec))), first
+
+
 def resolve_lam(p: Prepared, config: Self2SegConfig) -> Self2SegConfig:
     """``config`` with ``lam="auto"`` replaced by the value chosen for the prepared image
     ``p`` (:mod:`self2seg_jax.lam_auto`: one W-step from the run's own key and start, then a
-    noise scale of its data terms; the run itself then recomputes that W-step, so the result
-    equals the fixed-``lam`` run with the chosen value). Other configs are returned as they
-    are."""
+    noise scale of its data terms). For runs that cannot take over that W-step (batches, a
+    "space" mesh): the run recomputes it and equals the fixed-``lam`` run with the chosen value.
+    :func:`segment` and :func:`segment_iter` go on from it instead. Other configs are returned
+    as they are."""
     if config.lam != "auto":
         return config
     from self2seg_jax import lam_auto

@@ -71,14 +71,19 @@ def noise_scale(d: jax.Array, ndim: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
+def scale_of(ws: alternating.WStep, f, spec: alternating.Spec) -> jax.Array:
+    """``sigma`` of the data terms of a W-step (:func:`noise_scale` of
+    :func:`self2seg_jax.alternating.data_terms`). Scalar float32."""
+    return noise_scale(alternating.data_terms(ws.params, ws.den, f, spec), spec.ndim)
+
+
 def first_step_scale(key, f, w0, labels0, hyper: alternating.Hyper,
                      spec: alternating.Spec) -> jax.Array:
-    """``sigma`` of the data terms after the first W-step of the run that
-    :func:`self2seg_jax.alternating.run` would do with the same arguments (same key, start
-    and experts; the W-step does not depend on ``lam``). Scalar float32."""
-    s0 = alternating.init_state(key, f, w0, labels0, spec)
-    ws = alternating.w_step(s0, f, hyper, spec)
-    return noise_scale(alternating.data_terms(ws.params, ws.den, f, spec), spec.ndim)
+    """``sigma`` after the first W-step of the run that :func:`self2seg_jax.alternating.run`
+    would do with the same arguments (same key, start and experts; the W-step does not depend
+    on ``lam``). Scalar float32."""
+    _, ws = alternating.first_w_step(key, f, w0, labels0, hyper, spec)
+    return scale_of(ws, f, spec)
 
 
 def choose(sigma, kappa: float = KAPPA, grid=LAM_GRID) -> float:

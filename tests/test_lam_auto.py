@@ -69,15 +69,31 @@ def _cv(lam="auto"):
 
 
 def test_auto_run_equals_the_fixed_run_at_the_chosen_value(make_blob, tiny_n2f_config):
+    """segment(lam="auto") goes on from the W-step it chose with (two compiled programs instead
+    of one: equal up to float rounding); segment_iter and a progress callback give the same."""
     img, _ = make_blob(3, 48, 0.15)
     for cfg in (_cv(), tiny_n2f_config.replace(lam="auto")):
         key = jax.random.key(5)
         auto = s2s.segment(key, img, config=cfg)
         assert auto.lam in lam_auto.LAM_GRID
         fixed = s2s.segment(key, img, config=cfg.replace(lam=auto.lam))
-        assert fixed.lam == auto.lam
-        np.testing.assert_array_equal(auto.labels, fixed.labels)
-        np.testing.assert_allclose(auto.energies, fixed.energies, rtol=1e-6)
+        assert fixed.lam == auto.lam and fixed.num_outer == auto.num_outer
+        assert np.mean(auto.labels != fixed.labels) <= 1e-3
+        np.testing.assert_allclose(auto.energies, fixed.energies, rtol=1e-4)
+        events = []
+        watched = s2s.segment(key, img, config=cfg, progress=events.append)
+        assert len(events) == watched.num_outer == auto.num_outer and watched.lam == auto.lam
+        np.testing.assert_array_equal(watched.labels, auto.labels)
+        gen = s2s.segment_iter(key, img, config=cfg)
+        n = 0
+        try:
+            while True:
+                next(gen)
+                n += 1
+        except StopIteration as stop:
+            it = stop.value
+        assert n == it.num_outer and it.lam == auto.lam
+        np.testing.assert_array_equal(it.labels, auto.labels)
     assert s2s.segment(key, img, config=_cv(0.02)).lam == pytest.approx(0.02)
 
 
