@@ -12,10 +12,11 @@ the evaluation split (issue 15, item 6).
    the best ``kappa`` is reported (the library's :data:`~self2seg_jax.lam_auto.KAPPA` is that
    value, rounded, fixed before the evaluation was looked at).
 3. **Evaluation** (evaluation patches only), with the library's ``KAPPA``: per method and
-   level, Dice of auto / fixed (0.03) / tuned / oracle lambda looked up in the rows (the run
+   level, Dice of auto / fixed (0.03) / tuned / leave-one-out (the best mean lambda over the
+   other evaluation patches) / oracle lambda looked up in the rows (the run
    with ``lam="auto"`` equals the fixed-lambda run at the chosen value: tested in
    ``tests/test_lam_auto.py``), mean and 95 % interval over patches (seeds averaged), auto
-   minus fixed and auto minus tuned with Wilcoxon p and W/T/L over (patch, seed) pairs.
+   minus fixed, tuned and leave-one-out with Wilcoxon p and W/T/L over (patch, seed) pairs.
 
 Writes ``sigmas.jsonl``, ``summary.json`` and ``table.md`` under ``--out``.
 """
@@ -118,20 +119,22 @@ def evaluate(proto, rows, sig, kappa: float) -> dict:
         images = {}
         for r in ev:
             lam = lam_auto.choose(sig[_key(r)], kappa)
+            # leave-one-out: the best mean lambda over every other evaluation patch (all seeds)
+            jl = tuned_index([o["dice"] for o in ev if o["patch"] != r["patch"]])
             images[(r["patch"], r["seed"])] = {
                 "auto": dice_at(r, lam), "auto_lam": lam, "fixed": dice_at(r, fixed),
-                "tuned": r["dice"][jt], "oracle": max(r["dice"])}
+                "tuned": r["dice"][jt], "loo": r["dice"][jl], "oracle": max(r["dice"])}
         cell = {"seeds": sorted({r["seed"] for r in ev}), "n_images": len(ev),
                 "tuned_lam": rs[0]["lams"][jt],
                 "auto_lams": dict(sorted(
                     {str(v["auto_lam"]): sum(1 for w in images.values()
                                              if w["auto_lam"] == v["auto_lam"])
                      for v in images.values()}.items(), key=lambda kv: float(kv[0])))}
-        for k in ("auto", "fixed", "tuned", "oracle"):
+        for k in ("auto", "fixed", "tuned", "loo", "oracle"):
             m, h = ci95(list(per_patch(images, k).values()))
             cell[k] = {"mean": m, "ci95": h}
         pa = per_patch(images, "auto")
-        for other in ("fixed", "tuned"):
+        for other in ("fixed", "tuned", "loo"):
             po = per_patch(images, other)
             dp = np.array([pa[p] - po[p] for p in pa])
             di = np.array([v["auto"] - v[other] for v in images.values()])
@@ -148,16 +151,18 @@ def table(summary: dict) -> str:
              f"{f['best_mean_dice']:.3f}. Evaluation split below (mean over patches, seeds "
              "averaged, +- 95 % interval; Wilcoxon p over patches; W/T/L over (patch, seed)).",
              "",
-             "| method | noise | images | auto | fixed 0.03 | tuned | oracle | auto - fixed (p; W/T/L)"
-             " | auto - tuned (p; W/T/L) | lambdas chosen |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | noise | images | auto | fixed 0.03 | tuned | leave-one-out | oracle | auto - "
+             "fixed (p; W/T/L) | auto - tuned (p; W/T/L) | auto - leave-one-out (p; W/T/L) | "
+             "lambdas chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in summary["evaluation"].items():
         method, level = name.split("@")
         cells = [f"{c[k]['mean']:.3f} ± {c[k]['ci95']:.3f}" for k in ("auto", "fixed", "tuned",
-                                                                       "oracle")]
+                                                                       "loo", "oracle")]
         comp = [f"{c[k]['delta']:+.3f} (p {c[k]['wilcoxon_p']:.2g}; "
                 f"{'/'.join(map(str, c[k]['wtl']))})" for k in ("auto_minus_fixed",
-                                                                "auto_minus_tuned")]
+                                                                "auto_minus_tuned",
+                                                                "auto_minus_loo")]
         lams = ", ".join(f"{k}×{v}" for k, v in c["auto_lams"].items())
         lines.append(f"| {method} | {level} | {c['n_images']} | " + " | ".join(cells) + " | "
                      + " | ".join(comp) + f" | {lams} |")

@@ -463,9 +463,11 @@ def test_result_fields(tiny_n2f_result, tiny_n2f_config):
         "pd_iterations",
         "train_steps",
         "init_labels",
+        "lam",
         "batched",
     }
     assert res.batched is False
+    assert isinstance(res.lam, float) and res.lam == tiny_n2f_config.lam  # the value used
     assert res.labels.dtype == np.int32 and res.labels.shape == (32, 32)
     assert res.probabilities.dtype == np.float32 and res.probabilities.shape == (2, 32, 32)
     assert res.mask.dtype == np.bool_ and res.mask.shape == (32, 32)
