@@ -33,10 +33,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch")
-    ap.add_argument("--modes", nargs="+", choices=("loop", "map", "vmap"), default=None,
+    ap.add_argument("--modes", nargs="+", choices=("loop", "async", "map", "vmap"), default=None,
                     help="instead: time each way of running the batch on one device (a Python "
-                         "loop of compiled runs, lax.map or vmap inside one program), one JSON "
-                         "line per mode as soon as it is done (compile call first)")
+                         "loop of compiled runs, waiting for each; the same loop dispatching "
+                         "every run before reading any (async); lax.map or vmap inside one "
+                         "program), one JSON line per mode as soon as it is done (compile call "
+                         "first)")
     args = ap.parse_args(argv)
     patches = s2s.data.sample_patches(128)
     imgs = np.stack([s2s.data.add_gaussian_noise(i, patches[i % len(patches)][1], 30.0)
@@ -96,6 +98,10 @@ def time_modes(key, imgs, gts, cfg, args) -> int:
             return np.stack([np.asarray(alternating.run(p.k_run, p.f, p.start.weights,
                                                         p.start.labels, hyper, spec).labels)
                              for p in prep])
+        if mode == "async":  # JAX dispatches asynchronously: every run is queued first
+            states = [alternating.run(p.k_run, p.f, p.start.weights, p.start.labels, hyper, spec)
+                      for p in prep]
+            return np.stack([np.asarray(s.labels) for s in states])
         return np.asarray(batch.run_batch(*stacked, hyper, spec, mode).labels)
 
     rows = []

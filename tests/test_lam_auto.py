@@ -150,3 +150,19 @@ def test_cli_parses_auto_and_reports_the_value(tmp_path):
 
     rep = json.loads((out / "im_report.json").read_text())
     assert rep["options"]["lam"] == "auto" and rep["lam"] in lam_auto.LAM_GRID
+
+
+def test_auto_for_volumes_and_several_classes(rng):
+    """The choice works on any class count and spatial rank: a 3-class image and a volume."""
+    yy, xx = np.mgrid[:40, :40]
+    three = np.where(xx < 13, 0.1, np.where(xx < 26, 0.5, 0.9)) + 0.08 * rng.standard_normal(
+        (40, 40))
+    res = s2s.segment(jax.random.key(0), three.astype(np.float32), num_classes=3, config=_cv())
+    assert res.lam in lam_auto.LAM_GRID
+    truth = np.where(xx < 13, 0, np.where(xx < 26, 1, 2))
+    assert np.mean(res.labels == truth) > 0.95
+    zz, yy, xx = np.mgrid[:16, :24, :24]
+    ball = (zz - 8) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 < 36
+    vol = (0.2 + 0.5 * ball + 0.1 * rng.standard_normal(ball.shape)).astype(np.float32)
+    res = s2s.segment(jax.random.key(0), vol, volume=True, config=_cv())
+    assert res.lam in lam_auto.LAM_GRID and metrics.dice(res.mask, ball) > 0.9
