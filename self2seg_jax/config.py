@@ -10,6 +10,8 @@ by more than ``lam`` times the boundary it adds. Useful values are about ``0.005
 larger ``lam`` gives smoother, blob-like masks, smaller ``lam`` follows the noise. With the
 mean-filtered data terms (``data_filter > 1``) the residuals are smaller, so smaller ``lam``
 values play the role of larger unfiltered ones.
+``lam="auto"`` chooses the value per image from the noise of its own data terms after the first
+W-step (:mod:`self2seg_jax.lam_auto`; the result's ``lam`` records it).
 
 Engine structures are derived here and nowhere else: :meth:`Self2SegConfig.spec` (the static
 :class:`~self2seg_jax.alternating.Spec`), :meth:`Self2SegConfig.hyper` (the traced numbers) and
