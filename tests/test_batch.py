@@ -83,6 +83,12 @@ FORCED = textwrap.dedent("""
         assert st.labels.addressable_shards[0].data.shape == (1, 24, 24)
         for i in range(4):
             assert ((np.asarray(st.labels[i]) > 0) == res.mask[i]).all(), (mode, i)
+    # lam="auto": each image its own value, sharded with its image (per-image Hyper leaves)
+    auto = s2s.segment_batch(jax.random.key(1), imgs, config=cfg.replace(lam="auto"))
+    for i in range(6):
+        one = s2s.segment(keys[i], imgs[i], config=cfg.replace(lam="auto"))
+        assert auto.lam[i] == one.lam and (auto.mask[i] == one.mask).all(), i
+    assert len(set(auto.lam.tolist())) > 1, auto.lam
     print("OK")
 """)
 
