@@ -77,8 +77,9 @@ class Bar:
     time elapsed and an estimate of the time left.
 
     The estimate assumes every outer iteration up to ``max_outer`` runs, a W-step takes
-    ``TRAIN_SHARE`` of an iteration, and the rate so far holds; the stop rule usually ends a
-    run earlier, so it is an upper estimate ("≤").
+    ``TRAIN_SHARE`` of an iteration, and the rate since the first report holds (compilation
+    comes before it and is left out); the stop rule usually ends a run earlier, so it is an
+    upper estimate ("≤").
 
     Args:
       max_outer: the run's ``max_outer``; train_steps: its ``train_max_steps``.
@@ -117,6 +118,7 @@ class Bar:
         self.closed = False
         self._last = 0.0
         self._handle = None
+        self._first = None  # (time, fraction) of the first progress report
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -129,9 +131,20 @@ class Bar:
         return time.perf_counter() - self.t0
 
     def remaining(self) -> float | None:
-        """Upper estimate of the seconds left (None before any progress)."""
+        """Upper estimate of the seconds left, from the rate since the first progress report
+        (so that compilation, which comes before it, does not count); None until two reports
+        differ."""
+        if self._first is None:
+            return None
+        t1, f1 = self._first
         f = self.fraction
-        return None if f <= 0 else self.elapsed() * (1.0 - f) / f
+        if f <= f1:
+            return None
+        return (time.perf_counter() - t1) / (f - f1) * (1.0 - f)
+
+    def _mark(self) -> None:
+        if self._first is None:
+            self._first = (time.perf_counter(), self.fraction)
 
     def text(self) -> str:
         """``name outer 3/8 · training step 120/150 · 12.3 s · ≤ 20.0 s left``."""
@@ -149,6 +162,7 @@ class Bar:
     def outer(self, ev: Event) -> None:
         """Progress callback of :func:`self2seg_jax.segment`."""
         self.done, self.step = ev.outer, 0
+        self._mark()
         line = format_event(ev) + f" [{_duration(self.elapsed())}]"
         self.log.append(line)
         if self.lines and self.target in ("terminal", "lines"):
@@ -159,6 +173,7 @@ class Bar:
     def training(self, step, score=None) -> None:
         """Listener of :func:`training_listener`."""
         self.step = int(step)
+        self._mark()
         self._draw()
 
     def close(self) -> None:

@@ -298,12 +298,16 @@ def test_bar_fraction_and_upper_estimate(monkeypatch):
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
     bar = progress.Bar(4, 100, target="none")  # t0 = 0
     assert bar.fraction == 0 and bar.remaining() is None
-    now[0] = 4.0
+    now[0] = 4.0  # compiled: the first report
     bar.training(50)
-    assert bar.fraction == pytest.approx(0.5 * progress.Bar.TRAIN_SHARE / 4)
-    assert bar.remaining() == pytest.approx(4.0 * (1 - bar.fraction) / bar.fraction)  # t = 4
+    f1 = 0.5 * progress.Bar.TRAIN_SHARE / 4
+    assert bar.fraction == pytest.approx(f1)
+    assert bar.remaining() is None  # no rate from one report
+    now[0] = 6.0
     bar.outer(_ev(1))  # the W-step's steps are reset by the finished iteration
     assert bar.step == 0 and bar.fraction == pytest.approx(0.25)
+    # the rate since the first report (compilation left out): 2 s for 0.25 - f1
+    assert bar.remaining() == pytest.approx(2.0 / (0.25 - f1) * 0.75)
     bar.training(1000)  # more steps than the cap count as a full W-step
     assert bar.fraction == pytest.approx((1 + progress.Bar.TRAIN_SHARE) / 4)
     bar.outer(_ev(4, status=1))
