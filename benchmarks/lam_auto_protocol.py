@@ -30,7 +30,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -66,14 +65,12 @@ def compute_sigmas(proto, rows, out: Path, methods=None) -> dict:
         ims = P.images(proto, level, seed, "patch")
         st = P.starts(proto, ims, seed)
         for method in sorted(ms):
-            m = proto.methods[method]
             cfg = P.method_config(proto, method, level)
             hyper, spec = cfg.hyper(), cfg.spec()
-            f = st.den if m["data"] == "n2f" else st.f
-            m0 = st.n2f_otsu if (m["start"] == "n2f_otsu" or m["data"] == "n2f") else st.otsu
+            f, m0 = P.method_inputs(proto, method, st)
             with out.open("a") as fh:
                 for j, i in enumerate(ims.index):
-                    key = jax.random.split(P.image_key(proto, seed, i))[1]
+                    key = P.run_key(proto, seed, i)
                     mj = jnp.asarray(m0[j], jnp.float32)
                     s = float(lam_auto.first_step_scale(key, jnp.asarray(f[j]),
                                                         jnp.stack([1.0 - mj, mj]),

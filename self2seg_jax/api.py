@@ -313,30 +313,15 @@ def segment(
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
-    if config.lam == "auto" and mesh is None:  # the choice shares the run's first W-step
-        config, first = _auto_first_step(p, config)
-        if callback is None:
-            state = alternating.run_from_w_step(*first, jnp.asarray(p.f), config.hyper(), p.spec)
-        else:
-            state = alternating.follow(alternating.events(alternating.states_from_w_step(
-                *first, jnp.asarray(p.f), config.hyper(), p.spec)), callback)
-        result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                              channel_axis=p.channel_axis, lam=config.lam)
-        check_pd_cap(result.pd_iterations, config)
-        return result
-    config = resolve_lam(p, config)
-    args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
-            config.hyper(), p.spec)
     if mesh is not None:
+        config = resolve_lam(p, config)
+        args = (p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
+                jnp.asarray(p.start.labels), config.hyper(), p.spec)
         state = sharding.host_state(sharding.run_space(*args, mesh) if callback is None
                                     else sharding.iterate_space(*args, mesh, callback))
     else:
-        state = (alternating.run(*args) if callback is None
-                 else alternating.iterate(*args, callback))
-    result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                          channel_axis=p.channel_axis, lam=config.lam)
-    check_pd_cap(result.pd_iterations, config)
-    return result
+        state, config = run_prepared(p, config, callback)
+    return finish(state, p, config)
 
 
 def segment_iter(key, image, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
@@ -352,17 +337,9 @@ def segment_iter(key, image, *, init="otsu", config: Self2SegConfig = Self2SegCo
     p = prepare(key, image, init=init, config=config, num_classes=num_classes,
                 channel_axis=channel_axis, volume=volume, spacing=spacing,
                 class_experts=class_experts)
-    if config.lam == "auto":
-        config, first = _auto_first_step(p, config)
-        gen = alternating.states_from_w_step(*first, jnp.asarray(p.f), config.hyper(), p.spec)
-    else:
-        gen = alternating.states(p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
-                                 jnp.asarray(p.start.labels), config.hyper(), p.spec)
+    config, gen = _scheme_states(p, config)
     state = yield from alternating.events(gen)
-    result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                          channel_axis=p.channel_axis, lam=config.lam)
-    check_pd_cap(result.pd_iterations, config)
-    return result
+    return finish(state, p, config)
 
 
 def _check_config(config) -> None:
@@ -417,13 +394,52 @@ def _auto_first_step(p: Prepared, config: Self2SegConfig):
     return config.replace(lam=lam_auto.choose(lam_auto.scale_of(first[1], f, p.spec))), first
 
 
+def _scheme_states(p: Prepared, config: Self2SegConfig):
+    """``(config with the lam used, generator of the state after each outer iteration)``
+    (:func:`self2seg_jax.alternating.states`; ``lam="auto"`` goes on from the W-step it chose
+    with)."""
+    f = jnp.asarray(p.f)
+    if config.lam == "auto":
+        config, first = _auto_first_step(p, config)
+        return config, alternating.states_from_w_step(*first, f, config.hyper(), p.spec)
+    return config, alternating.states(p.k_run, f, jnp.asarray(p.start.weights),
+                                      jnp.asarray(p.start.labels), config.hyper(), p.spec)
+
+
+def run_prepared(p: Prepared, config: Self2SegConfig, callback: Callable | None = None):
+    """The scheme on a prepared image, on one device: ``(final state, config with the lam
+    used)``. Without ``callback`` one compiled call (:func:`self2seg_jax.alternating.run`, or
+    ``run_from_w_step`` after the W-step that ``lam="auto"`` chose with); with it the outer loop
+    is driven from Python and ``callback(event)`` called after every iteration."""
+    if config.lam == "auto" and callback is not None:
+        config, gen = _scheme_states(p, config)
+        return alternating.follow(alternating.events(gen), callback), config
+    f = jnp.asarray(p.f)
+    if config.lam == "auto":
+        config, first = _auto_first_step(p, config)
+        return alternating.run_from_w_step(*first, f, config.hyper(), p.spec), config
+    args = (p.k_run, f, jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
+            config.hyper(), p.spec)
+    return (alternating.run(*args) if callback is None
+            else alternating.iterate(*args, callback)), config
+
+
+def finish(state: alternating.State, p: Prepared, config: Self2SegConfig) -> Self2SegResult:
+    """The :class:`Self2SegResult` of a final state of the prepared image ``p`` run with
+    ``config`` (whose ``lam`` is the value used), after the primal–dual cap check."""
+    result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
+                          channel_axis=p.channel_axis, lam=config.lam)
+    check_pd_cap(result.pd_iterations, config)
+    return result
+
+
 def resolve_lam(p: Prepared, config: Self2SegConfig) -> Self2SegConfig:
     """``config`` with ``lam="auto"`` replaced by the value chosen for the prepared image
     ``p`` (:mod:`self2seg_jax.lam_auto`: one W-step from the run's own key and start, then a
-    noise scale of its data terms). For runs that cannot take over that W-step (batches, a
-    "space" mesh): the run recomputes it and equals the fixed-``lam`` run with the chosen value.
-    :func:`segment` and :func:`segment_iter` go on from it instead. Other configs are returned
-    as they are."""
+    noise scale of its data terms), for runs that cannot take over that W-step (a batch over
+    several devices, a "space" mesh): the run recomputes it and equals the fixed-``lam`` run
+    with the chosen value. :func:`run_prepared` goes on from it instead. Other configs are
+    returned as they are."""
     if config.lam != "auto":
         return config
     from self2seg_jax import lam_auto

@@ -132,7 +132,6 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from None
     spec = prepared[0].spec
-    configs = [api.resolve_lam(p, config) for p in prepared]  # lam="auto": one per image
     mesh = batch_mesh() if mesh is None else mesh
     if AXIS not in mesh.axis_names:
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
@@ -141,11 +140,10 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         # one device: the images one after the other through segment's own compiled scheme
         # (on XLA:CPU a lax.map over whole schemes measured slower than this loop; on an H200
         # vmap was 3.9x slower and lax.map as fast: benchmarks/results/batch/)
-        states = [jax.device_get(alternating.run(p.k_run, p.f, p.start.weights, p.start.labels,
-                                                 c.hyper(), spec))
-                  for p, c in zip(prepared, configs)]
-        return _stack_results([_result(s_i, p, spec, c)
-                               for s_i, p, c in zip(states, prepared, configs)], spec.max_outer)
+        runs = [api.run_prepared(p, config) for p in prepared]  # lam="auto": one per image
+        return _stack_results([api.finish(jax.device_get(st), p, c)
+                               for (st, c), p in zip(runs, prepared)], spec.max_outer)
+    configs = [api.resolve_lam(p, config) for p in prepared]  # lam="auto": one per image
     pad = -b % n_dev  # a multiple of the device count
     padded, pconf = prepared + [prepared[-1]] * pad, configs + [configs[-1]] * pad
     arrays = (np.stack([np.asarray(jax.random.key_data(p.k_run)) for p in padded]),
@@ -160,15 +158,8 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         hyper = distributed.replicate(config.hyper(), mesh)
     state = run_batch(*arrays, hyper, spec, "map", mesh)
     host = distributed.fetch(state._replace(key=jax.random.key_data(state.key)))
-    return _stack_results([_result(jax.tree.map(lambda x, i=i: x[i], host), p, spec, c)
+    return _stack_results([api.finish(jax.tree.map(lambda x, i=i: x[i], host), p, c)
                            for i, (p, c) in enumerate(zip(prepared, configs))], spec.max_outer)
-
-
-def _result(state, p: api.Prepared, spec, config) -> api.Self2SegResult:
-    res = api.build_result(state, spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                           channel_axis=p.channel_axis, lam=config.lam)
-    api.check_pd_cap(res.pd_iterations, config)
-    return res
 
 
 def _as_batch(images) -> list[np.ndarray]:

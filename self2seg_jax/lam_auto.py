@@ -47,34 +47,30 @@ LAM_GRID = (5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 0.01, 0.02, 0.03, 0.05, 0.1)
 KAPPA = 0.7
 
 
-def noise_scale(d: jax.Array, ndim: int) -> jax.Array:
+def noise_scale(d: jax.Array) -> jax.Array:
     """Per-pixel noise ``sigma`` of the pairwise data-term differences.
 
     Args:
-      d: ``(C, *s)`` float32 data terms (``C >= 2`` classes, ``ndim`` spatial axes).
-      ndim: number of spatial axes.
+      d: ``(C, *s)`` float32 data terms (``C >= 2`` classes, any number of spatial axes).
 
     Returns:
       Scalar float32: the root mean square over class pairs ``i < j`` and the diagonal
       sub-grids of ``(D(x) - D(x + 1)) / sqrt(2)``, ``D = d_i - d_j``.
     """
     c = d.shape[0]
-    spatial = d.shape[1:]
-    even = tuple(slice(0, 2 * (n // 2), 2) for n in spatial)
-    odd = tuple(slice(1, 2 * (n // 2), 2) for n in spatial)
-    total = jnp.zeros((), d.dtype)
-    for i in range(c):
-        for j in range(i + 1, c):
-            diff = d[i] - d[j]
-            total = total + jnp.mean((diff[even] - diff[odd]) ** 2) / 2.0
-    return jnp.sqrt(total / (c * (c - 1) / 2))
+    even = (slice(None),) + tuple(slice(0, 2 * (n // 2), 2) for n in d.shape[1:])
+    odd = (slice(None),) + tuple(slice(1, 2 * (n // 2), 2) for n in d.shape[1:])
+    g = d[even] - d[odd]  # (C, ...) diagonal differences of every class's term
+    # sum over pairs i < j of (g_i - g_j)^2 = C * sum_i (g_i - mean_k g_k)^2
+    pairs = c * jnp.sum((g - jnp.mean(g, axis=0)) ** 2, axis=0)
+    return jnp.sqrt(jnp.mean(pairs) / 2.0 / (c * (c - 1) / 2))
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def scale_of(ws: alternating.WStep, f, spec: alternating.Spec) -> jax.Array:
     """``sigma`` of the data terms of a W-step (:func:`noise_scale` of
     :func:`self2seg_jax.alternating.data_terms`). Scalar float32."""
-    return noise_scale(alternating.data_terms(ws.params, ws.den, f, spec), spec.ndim)
+    return noise_scale(alternating.data_terms(ws.params, ws.den, f, spec))
 
 
 def first_step_scale(key, f, w0, labels0, hyper: alternating.Hyper,

@@ -89,8 +89,7 @@ class Bar:
         the per-iteration lines, e.g. a log file), ``"none"``, or ``"auto"``: notebook in a
         Jupyter kernel, terminal when ``stream`` is a TTY, else lines.
       stream: text stream of the terminal and lines targets (default ``sys.stderr``).
-      lines: print one line per outer iteration (:func:`format_event`), after ``prefix``
-        (default ``"  name: "``).
+      prefix: before each per-iteration line (:func:`format_event`; default ``"  name: "``).
 
     Use its methods as callbacks: ``segment(..., progress=bar.outer)`` and
     ``with training_listener(bar.training): ...``; ``bar.close()`` at the end.
@@ -100,7 +99,7 @@ class Bar:
     MIN_INTERVAL = 0.1  # seconds between redraws of the bar
 
     def __init__(self, max_outer: int, train_steps: int, *, name: str = "", target: str = "auto",
-                 stream=None, lines: bool = True, prefix: str | None = None):
+                 stream=None, prefix: str | None = None):
         self.max_outer, self.train_steps, self.name = int(max_outer), int(train_steps), name
         self.stream = sys.stderr if stream is None else stream
         if target == "auto":
@@ -109,7 +108,7 @@ class Bar:
         if target not in ("terminal", "notebook", "lines", "none"):
             raise ValueError(f"target must be auto, terminal, notebook, lines or none, got "
                              f"{target!r}")
-        self.target, self.lines = target, lines
+        self.target = target
         self.prefix = (f"  {name}: " if name else "  ") if prefix is None else prefix
         self.t0 = time.perf_counter()
         self.done = 0  # finished outer iterations
@@ -165,7 +164,7 @@ class Bar:
         self._mark()
         line = format_event(ev) + f" [{_duration(self.elapsed())}]"
         self.log.append(line)
-        if self.lines and self.target in ("terminal", "lines"):
+        if self.target in ("terminal", "lines"):
             clear = "\r\033[K" if self.target == "terminal" else ""
             self.stream.write(f"{clear}{self.prefix}{line}\n")
         self._draw(force=True)

@@ -29,7 +29,7 @@ def test_noise_scale_measures_the_noise_of_the_data_term_difference(rng, shape):
     noise of the difference is what remains (edges add under 5 %)."""
     for sigma in (0.05, 0.2):
         d = _terms(rng, shape, sigma)
-        got = float(lam_auto.noise_scale(d, len(shape)))
+        got = float(lam_auto.noise_scale(d))
         assert got == pytest.approx(sigma, rel=0.05), (shape, sigma, got)
 
 
@@ -38,7 +38,7 @@ def test_noise_scale_of_several_classes_is_the_rms_over_pairs(rng):
     # pair (1,2) has sqrt(2) s -> rms over the three pairs = s * sqrt((1 + 1 + 2) / 3)
     s = 0.1
     d = _terms(rng, (256, 256), s, classes=3)
-    assert float(lam_auto.noise_scale(d, 2)) == pytest.approx(s * np.sqrt(4 / 3), rel=0.05)
+    assert float(lam_auto.noise_scale(d)) == pytest.approx(s * np.sqrt(4 / 3), rel=0.05)
 
 
 def test_choose_snaps_to_the_nearest_grid_value_in_log_scale():

@@ -223,6 +223,21 @@ def starts(proto: Protocol, ims: Images, seed: int, *, batch: str | None = None)
                   lo.ravel(), hi.ravel(), otsu, n2f_otsu, time.perf_counter() - t)
 
 
+def method_inputs(proto: Protocol, method: str, st: Starts) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, start mask)`` ``(n, h, w)`` a method sees in a cell: the normalised noisy image
+    or the Noise2Fast output (``data = "n2f"``), and the Otsu start of the one or the other."""
+    m = proto.methods[method]
+    f = st.den if m["data"] == "n2f" else st.f
+    m0 = st.n2f_otsu if (m["start"] == "n2f_otsu" or m["data"] == "n2f") else st.otsu
+    return f, m0
+
+
+def run_key(proto: Protocol, seed: int, index: int) -> jax.Array:
+    """The key of the scheme's run on image ``index`` (the second half of its
+    :func:`image_key`; the first half is the Noise2Fast start's)."""
+    return jax.random.split(image_key(proto, seed, index))[1]
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "batch"))
 def _sweep(keys, f, m0, hypers, spec, batch):
     """Every (image, lambda) pair: ``keys`` ``(n,)``, ``f``/``m0`` ``(n, h, w)``, ``hypers``
@@ -252,9 +267,8 @@ def run_cell(proto: Protocol, method: str, level: float, seed: int, ims: Images,
     m = proto.methods[method]
     cfg = method_config(proto, method, level)
     grid = proto.grid_of(method) if grid is None else tuple(grid)
-    f = st.den if m["data"] == "n2f" else st.f
-    m0 = st.n2f_otsu if (m["start"] == "n2f_otsu" or m["data"] == "n2f") else st.otsu
-    keys = jnp.stack([jax.random.split(image_key(proto, seed, i))[1] for i in ims.index])
+    f, m0 = method_inputs(proto, method, st)
+    keys = jnp.stack([run_key(proto, seed, i) for i in ims.index])
     t = time.perf_counter()
     out = _sweep(keys, jnp.asarray(f), jnp.asarray(m0, jnp.float32), dsb2018.stacked_hyper(cfg, grid),
                  cfg.spec(), batch or default_batch(m["kind"]))

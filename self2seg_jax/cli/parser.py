@@ -53,17 +53,17 @@ EPILOG_DEMO = """examples:
 EXTRA_KEYS = ("seed", "init", "fg_box", "bg_box", "paper")
 FIELDS = {f.name: f for f in dataclasses.fields(Self2SegConfig)}
 CLI_FIELDS = tuple(f for f in FIELDS.values() if "cli" in f.metadata)
-_TYPES = {"float": float, "int": int, "str": str}
-
-
-def _lam(text: str):
-    """``--lam``: a number or ``auto``."""
+def _number_or_auto(text: str):
+    """A ``float | str`` field's flag (``--lam``): a number or ``auto``."""
     if text == "auto":
         return text
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+_TYPES = {"float": float, "int": int, "str": str, "float | str": _number_or_auto}
 
 
 class CLIError(Exception):
@@ -107,8 +107,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                            default=None, help=f"{f.metadata['help']} (default: {state})")
             continue
         kw = {"choices": CHOICES[f.name]} if f.name in CHOICES else {"metavar": meta["metavar"]}
-        g.add_argument(flag_name(f), dest=f.name, type=_lam if f.name == "lam" else _TYPES[f.type],
-                       default=None, help=f"{f.metadata['help']} (default {f.default:g})"
+        g.add_argument(flag_name(f), dest=f.name, type=_TYPES[f.type], default=None,
+                       help=f"{f.metadata['help']} (default {f.default:g})"
                        if f.type.startswith("float") else
                        f"{f.metadata['help']} (default {f.default})", **kw)
     g.add_argument("--paper", action="store_true",
@@ -239,7 +239,7 @@ def _typed(field: dataclasses.Field, value, where: str):
     """Check a TOML value against a :class:`Self2SegConfig` field's type."""
     t = field.type
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if field.name == "lam" and value == "auto":
+    if t == "float | str" and value == "auto":  # lam: a number or "auto"
         return value
     if t.startswith("float") and is_num:
         return float(value)
