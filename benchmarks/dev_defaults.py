@@ -37,6 +37,12 @@ VARIANTS = {
     "full_training": dict(train_mode="full"),
     "lam_0.02": dict(lam=0.02),
     "lam_0.05": dict(lam=0.05),
+    # added in session 9 (issue 13, the 128^2 time target), before their runs: half-width
+    # experts (about half the cost per Adam step on CPU), and a larger Adam step size
+    "width_16": dict(net_width=16),
+    "width_16_steps_300": dict(net_width=16, train_max_steps=300, train_min_steps=100,
+                               train_patience=100),
+    "lr_2e-3": dict(learning_rate=2e-3),
 }
 CELLS = [(n, size, seeds) for n in (10.0, 30.0, 50.0)
          for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1)))]
