@@ -43,8 +43,9 @@ WHOLE = -1
 """Patch index of the whole image in rows (``"scale": "whole"``)."""
 WHOLE_NOISE_INDEX = 16
 """Noise seed index of the whole image in :func:`noisy_image`'s formula (patches use 0..15)."""
-_METHOD_KEYS = {"label", "kind", "data", "start", "data_filter", "mu", "bg_expert", "fg_expert",
-                "data_term"}
+_CONFIG_KEYS = ("mu", "bg_expert", "fg_expert", "data_term", "net_width", "train_max_steps",
+                "train_min_steps", "train_patience")  # a method's Self2SegConfig overrides
+_METHOD_KEYS = {"label", "kind", "data", "start", "data_filter", *_CONFIG_KEYS}
 
 
 class Protocol(NamedTuple):
@@ -127,7 +128,7 @@ def method_config(proto: Protocol, method: str, level: float) -> Self2SegConfig:
                                          mask_tol=1e-3, config=base)
     else:
         cfg = base
-    over = {k: m[k] for k in ("mu", "bg_expert", "fg_expert", "data_term") if k in m}
+    over = {k: m[k] for k in _CONFIG_KEYS if k in m}
     filt = m.get("data_filter", "none")
     if filt not in ("none", "paper"):
         raise ValueError(f"method {method}: data_filter must be 'none' or 'paper', got {filt!r}")
