@@ -7,6 +7,8 @@ method runs in a FRESH subprocess (so "cold" includes compiling and peak RSS is 
 * ``default`` — ``segment`` with the default config (crop training);
 * ``full`` — the same config with ``train_mode="full"`` (whole half-image training, the
   pre-issue-13 scheme), only up to ``--full-max-size``;
+* ``before_s9`` — the defaults before session 9 (32-channel experts, 150 / 50 / 50 Adam steps:
+  ``config.CNN_BEFORE_S9``), so the two are timed side by side;
 * ``skimage_cv`` — ``skimage.segmentation.chan_vese`` on the normalised image, best of
   mu in {0.05, 0.1, 0.2, 0.4} by Dice (an oracle choice, as in the issue's table).
 
@@ -78,7 +80,8 @@ def run_self2seg(size: int, mode: str, cold_only: bool = False) -> dict:
     from self2seg_jax import alternating, api, experts, initialisation
 
     noisy, gt = image(size)
-    cfg = s2s.Self2SegConfig() if mode == "default" else s2s.Self2SegConfig(train_mode="full")
+    cfg = {"default": s2s.Self2SegConfig(), "full": s2s.Self2SegConfig(train_mode="full"),
+           "before_s9": s2s.Self2SegConfig(**s2s.config.CNN_BEFORE_S9)}[mode]
     vol = size == VOLUME
     t0 = time.perf_counter()
     r1 = s2s.segment(jax.random.key(0), noisy, config=cfg, volume=vol)
