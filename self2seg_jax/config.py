@@ -189,6 +189,17 @@ class Self2SegConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def nuclei(cls, **overrides) -> Self2SegConfig:
+        """The defaults (``preset("nuclei")``): objects brighter or darker than a flat
+        background."""
+        return cls.preset("nuclei", **overrides)
+
+    @classmethod
+    def textures(cls, **overrides) -> Self2SegConfig:
+        """``preset("textures")``: regions that differ in texture, not in mean."""
+        return cls.preset("textures", **overrides)
+
+    @classmethod
     def preset(cls, name: str, **overrides) -> Self2SegConfig:
         """A named starting point: ``"nuclei"`` (the defaults: a CNN foreground expert on a
         constant background — objects brighter or darker than a flat background),

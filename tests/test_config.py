@@ -467,5 +467,16 @@ def test_presets():
         ("n2f", "n2f", "blind_spot", 0.0, 0.06)
     assert (tex.pd_tol, tex.pd_max_iter) == (1e-5, 20000)  # weak data terms need more iterations
     assert Self2SegConfig.preset("paper") == Self2SegConfig.paper()
+    # the named constructors of issue 15 are the presets
+    assert Self2SegConfig.nuclei() == Self2SegConfig()
+    assert Self2SegConfig.textures(lam=0.06) == tex
+    assert Self2SegConfig.nuclei(lam=0.05) == Self2SegConfig(lam=0.05)
+    # the textures preset keeps the expert size and schedule it was measured with; the
+    # defaults moved to 16-channel experts with 300 / 100 / 100 Adam steps in session 9
+    assert (tex.net_width, tex.train_max_steps, tex.train_min_steps, tex.train_patience) == \
+        (32, 150, 50, 50)
+    d = Self2SegConfig()
+    assert (d.net_width, d.train_max_steps, d.train_min_steps, d.train_patience) == \
+        (16, 300, 100, 100)
     with pytest.raises(ValueError, match="unknown preset"):
         Self2SegConfig.preset("cells")
