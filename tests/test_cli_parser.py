@@ -259,6 +259,31 @@ def test_paper_then_toml_then_flags(tmp_path):
     assert cfg == Self2SegConfig(max_outer=3)
 
 
+def test_preset_flag_and_toml_key(tmp_path):
+    """--preset NAME (and the TOML key 'preset') start from Self2SegConfig.preset(NAME); flags
+    still win; two different presets named at once are an error, not a silent choice."""
+    tex = Self2SegConfig.textures()
+    cfg, _ = _config(["demo", "-o", "o", "--preset", "textures"])
+    assert cfg == tex and (cfg.bg_expert, cfg.data_term) == ("n2f", "blind_spot")
+    cfg, _ = _config(["demo", "-o", "o", "--preset", "textures", "--lam", "0.06"])
+    assert cfg == tex.replace(lam=0.06)
+    assert _config(["demo", "-o", "o", "--preset", "paper"])[0] == Self2SegConfig.paper()
+    assert _config(["demo", "-o", "o", "--preset", "nuclei"])[0] == Self2SegConfig()
+    (tmp_path / "t.toml").write_text('preset = "textures"\nmax_outer = 3\n')
+    cfg, extra = _config(["demo", "-o", "o", "--config", tmp_path / "t.toml"])
+    assert cfg == tex.replace(max_outer=3) and "preset" not in extra
+    # the same preset twice is fine; two different ones are refused
+    assert _config(["demo", "-o", "o", "--preset", "textures", "--config",
+                    tmp_path / "t.toml"])[0] == tex.replace(max_outer=3)
+    with pytest.raises(P.CLIError, match="conflicting presets: paper, textures"):
+        _config(["demo", "-o", "o", "--paper", "--config", tmp_path / "t.toml"])
+    (tmp_path / "bad.toml").write_text('preset = "cells"\n')
+    with pytest.raises(P.CLIError, match="'preset' must be one of nuclei, textures, paper"):
+        _config(["demo", "-o", "o", "--config", tmp_path / "bad.toml"])
+    with pytest.raises(SystemExit):
+        _config(["demo", "-o", "o", "--preset", "cells"])
+
+
 def test_toml_init_is_relative_to_the_toml_file(tmp_path):
     sub = tmp_path / "cfg"
     sub.mkdir()

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from self2seg_jax import __version__
-from self2seg_jax.config import CHOICES, Self2SegConfig
+from self2seg_jax.config import CHOICES, PRESETS, Self2SegConfig
 
 EPILOG_MAIN = """examples:
   self2seg demo -o demo_out                       # bundled DSB2018 nuclei crop + noise
@@ -31,10 +31,12 @@ EPILOG_SEGMENT = """examples:
         --fg-expert linear --bg-expert linear
   self2seg segment img.tif -o out/ --init 0.4 --gt img_mask.tif --clean img_clean.tif --json
   self2seg segment img.tif -o out/ --config settings.toml --overwrite
+  self2seg segment bricks.png -o out/ --preset textures --lam 0.06
 
 A --config TOML file holds Self2SegConfig fields at top level, plus optionally 'seed',
 'init' (\"otsu\", a threshold, or a mask file relative to the TOML file), 'fg_box' / 'bg_box'
-(lists of [y0, x0, y1, x1]) and 'paper = true'. Command-line options override it, e.g.
+(lists of [y0, x0, y1, x1]) and 'preset = "textures"' (or 'paper = true'). Command-line
+options override it, e.g.
 
   lam = 0.02
   net_width = 16
@@ -50,7 +52,7 @@ EPILOG_DEMO = """examples:
   self2seg demo -o demo_out --size 256 --noise 50 --data-filter 3 --json
 """
 
-EXTRA_KEYS = ("seed", "init", "fg_box", "bg_box", "paper")
+EXTRA_KEYS = ("seed", "init", "fg_box", "bg_box", "paper", "preset")
 FIELDS = {f.name: f for f in dataclasses.fields(Self2SegConfig)}
 CLI_FIELDS = tuple(f for f in FIELDS.values() if "cli" in f.metadata)
 def _number_or_auto(text: str):
@@ -111,6 +113,11 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                        help=f"{f.metadata['help']} (default {f.default:g})"
                        if f.type.startswith("float") else
                        f"{f.metadata['help']} (default {f.default})", **kw)
+    g.add_argument("--preset", choices=PRESETS, default=None,
+                   help="start from a named configuration (Self2SegConfig.preset): nuclei (the "
+                        "defaults: objects brighter or darker than a flat background), textures "
+                        "(regions that differ in texture, not in mean: two CNN experts, "
+                        "blind-spot data terms), paper (= --paper)")
     g.add_argument("--paper", action="store_true",
                    help="start from Self2SegConfig.paper() (the authors' 64x8 CNNs, slow)")
     g.add_argument("--config", type=Path, metavar="FILE",
@@ -289,6 +296,10 @@ def _read_toml_options(path: Path) -> tuple[dict, dict]:
             if not isinstance(v, bool):
                 raise CLIError(f"{where}: 'paper' must be true or false, got {v!r}")
             extra["paper"] = v
+        elif k == "preset":
+            if v not in PRESETS:
+                raise CLIError(f"{where}: 'preset' must be one of {', '.join(PRESETS)}, got {v!r}")
+            extra["preset"] = v
         elif k == "progress":
             raise CLIError(f"{where}: 'progress' is set on the command line (--quiet)")
         elif k in FIELDS:
@@ -303,9 +314,14 @@ def config_from_args(args) -> tuple[Self2SegConfig, dict]:
     """``(Self2SegConfig, extra)`` from the parsed arguments; ``extra`` holds the TOML's
     ``seed``, ``init``, ``fg_box``, ``bg_box``."""
     fields, extra = _read_toml_options(args.config) if args.config is not None else ({}, {})
-    paper = args.paper or extra.pop("paper", False)
+    toml_paper, toml_preset = extra.pop("paper", False), extra.pop("preset", None)
+    named = {n for n in (getattr(args, "preset", None), toml_preset,
+                         "paper" if args.paper or toml_paper else None) if n}
+    if len(named) > 1:
+        raise CLIError(f"conflicting presets: {', '.join(sorted(named))} (--preset, --paper or "
+                       f"the TOML file's 'preset' / 'paper'); name one")
     try:
-        base = Self2SegConfig.paper(**fields) if paper else Self2SegConfig(**fields)
+        base = Self2SegConfig.preset(named.pop() if named else "nuclei", **fields)
     except (TypeError, ValueError) as e:
         raise CLIError(f"{args.config}: {_one_line(e)}" if fields else
                        f"invalid option: {_one_line(e)}") from None
