@@ -7,8 +7,8 @@ method runs in a FRESH subprocess (so "cold" includes compiling and peak RSS is 
 * ``default`` — ``segment`` with the default config (crop training);
 * ``full`` — the same config with ``train_mode="full"`` (whole half-image training, the
   pre-issue-13 scheme), only up to ``--full-max-size``;
-* ``before_s9`` — the defaults before session 9 (32-channel experts, 150 / 50 / 50 Adam steps:
-  ``config.CNN_BEFORE_S9``), so the two are timed side by side;
+* ``width16_300`` — the defaults with 16-channel experts and 300 / 100 / 100 Adam steps (max /
+  min / patience), session 9's candidate default, timed side by side with them;
 * ``skimage_cv`` — ``skimage.segmentation.chan_vese`` on the normalised image, best of
   mu in {0.05, 0.1, 0.2, 0.4} by Dice (an oracle choice, as in the issue's table).
 
@@ -81,7 +81,8 @@ def run_self2seg(size: int, mode: str, cold_only: bool = False) -> dict:
 
     noisy, gt = image(size)
     cfg = {"default": s2s.Self2SegConfig(), "full": s2s.Self2SegConfig(train_mode="full"),
-           "before_s9": s2s.Self2SegConfig(**s2s.config.CNN_BEFORE_S9)}[mode]
+           "width16_300": s2s.Self2SegConfig(net_width=16, train_max_steps=300,
+                                             train_min_steps=100, train_patience=100)}[mode]
     vol = size == VOLUME
     t0 = time.perf_counter()
     r1 = s2s.segment(jax.random.key(0), noisy, config=cfg, volume=vol)

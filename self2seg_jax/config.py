@@ -68,12 +68,10 @@ def backend_policy(backend: str | None = None) -> dict:
 
 
 PRESETS = ("nuclei", "textures", "paper")
-# The CNN experts' size and training schedule of the defaults before session 9 (32 channels,
-# 150 / 50 / 50 Adam steps): the textures preset was measured with them and keeps them; the
-# defaults became 16 channels with 300 / 100 / 100 steps, chosen on synthetic nuclei only
-# (benchmarks/dev_defaults.py, variant width_16_steps_300: mean Dice 0.836 vs 0.827 in 0.66x
-# the time; benchmarks/results/dev_defaults_s9/).
-CNN_BEFORE_S9 = dict(net_width=32, train_max_steps=150, train_min_steps=50, train_patience=50)
+# The CNN experts' size and training schedule the textures preset was measured with (the
+# defaults' at the time); the preset carries them so that a change of the defaults cannot
+# silently change it.
+CNN_TEXTURES = dict(net_width=32, train_max_steps=150, train_min_steps=50, train_patience=50)
 
 
 def _side(side_2d: int, ndim: int) -> int:
@@ -107,16 +105,16 @@ class Self2SegConfig:
                             "high noise); 1 = off", metavar="K")
     data_term: str = _opt("output", "experts' residuals from their outputs (paper) or from "
                           "blind-spot predictions that never see the pixel's own noise")
-    net_width: int = _opt(16, "CNN expert channels (the paper's net: 64)", metavar="C")
+    net_width: int = _opt(32, "CNN expert channels (the paper's net: 64)", metavar="C")
     net_depth: int = _opt(4, "CNN expert 3x3 conv layers (the paper's net: 8)", metavar="L")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
     learning_rate: float = _opt(1e-3, "Adam step size of CNN experts", metavar="LR")
-    train_max_steps: int = _opt(300, "max Adam steps per expert training", flag="--train-steps",
+    train_max_steps: int = _opt(150, "max Adam steps per expert training", flag="--train-steps",
                                 metavar="N")
-    train_min_steps: int = _opt(100, "Adam steps always taken before early stopping (at most "
+    train_min_steps: int = _opt(50, "Adam steps always taken before early stopping (at most "
                                 "train_max_steps)", cli=False)
-    train_patience: int = _opt(100, "stop training when the validation score has not improved "
+    train_patience: int = _opt(50, "stop training when the validation score has not improved "
                                "for this many steps", cli=False)
     val_every: int = _opt(10, "Adam steps between validations (train_mode full: the whole "
                           "image; crops: the fixed validation crops)", cli=False)
@@ -206,7 +204,7 @@ class Self2SegConfig:
         ``"textures"`` (two CNN experts, blind-spot data terms, ``mu = 0`` and a tighter
         primal–dual tolerance and cap, ``1e-5`` / 20000 iterations, because two similar experts
         give weak data terms, and the 32-channel experts and training schedule it was measured
-        with (:data:`CNN_BEFORE_S9`) — regions that differ in texture, not in mean; measured on
+        with (:data:`CNN_TEXTURES`) — regions that differ in texture, not in mean; measured on
         the three texture pairs x two geometries x two noise levels of
         ``benchmarks/textures_preset.py``: mean Dice 0.79 against 0.51 for the then defaults, 9 wins
         of 12, but grass|gravel fails in 3 of its 4 images) or ``"paper"`` (:meth:`paper`)."""
@@ -216,7 +214,7 @@ class Self2SegConfig:
             return cls.paper(**overrides)
         base = {"nuclei": {},
                 "textures": dict(bg_expert="n2f", data_term="blind_spot", mu=0.0, pd_tol=1e-5,
-                                 pd_max_iter=20000, **CNN_BEFORE_S9)}
+                                 pd_max_iter=20000, **CNN_TEXTURES)}
         return cls(**{**base[name], **overrides})
 
     def replace(self, **changes) -> Self2SegConfig:
