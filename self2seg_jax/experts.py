@@ -58,6 +58,11 @@ class TrainConfig:
       report: after every validation send ``(steps done, validation score)`` to the host
         (``jax.debug.callback`` to :func:`self2seg_jax.progress.training_tick`). Programs with
         a host callback are never stored in JAX's persistent compilation cache.
+      crop_mesh: a :class:`jax.sharding.Mesh` whose ``"space"`` axis splits the training and
+        validation crops (data parallelism: each device runs the expert on its crops, the
+        gradient is summed over devices) — set by :mod:`self2seg_jax.sharding` for one image
+        across devices, where the crops would otherwise be computed on every device. ``None``:
+        no constraint.
     """
 
     width: int = 32
@@ -77,6 +82,7 @@ class TrainConfig:
     val_crops: int = 16
     tile: int = 256
     report: bool = False
+    crop_mesh: Any = None
 
 
 class _Conv(nn.Module):
@@ -423,6 +429,25 @@ def crop_batch(s: CropSampler, tiles: jax.Array, cfg: TrainConfig, axis: int | N
             _windows(s.vp, nd, win, st))
 
 
+def shard_crops(arrays: tuple, cfg: TrainConfig, weight: int = 1) -> tuple:
+    """Crop arrays (e.g. ``(x, weight, valid)`` of :func:`crop_batch`) split along their leading
+    (crop) axis over ``cfg.crop_mesh``'s ``"space"`` axis; padded to a multiple of its size
+    with copies of the first crops whose weight (``arrays[weight]``) is **zero**, which change
+    neither the loss nor its gradient. Without a mesh, unchanged."""
+    if cfg.crop_mesh is None:
+        return arrays
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    n = arrays[0].shape[0]
+    pad = -n % cfg.crop_mesh.shape["space"]
+    if pad:
+        take = jnp.arange(pad) % n
+        arrays = tuple(jnp.concatenate([a, jnp.zeros_like(a[take]) if i == weight else a[take]])
+                       for i, a in enumerate(arrays))
+    sh = NamedSharding(cfg.crop_mesh, PartitionSpec("space"))
+    return tuple(lax.with_sharding_constraint(a, sh) for a in arrays)
+
+
 def _trim(a: jax.Array, ndim: int, m: int) -> jax.Array:
     """``a`` without ``m`` pixels on both sides of its last ``ndim`` axes."""
     return a[(Ellipsis,) + tuple(slice(m, n - m) for n in a.shape[a.ndim - ndim:])]
@@ -448,8 +473,13 @@ def crop_loss(params: Any, x: jax.Array, wt: jax.Array, v: jax.Array, axis: int,
     loss of that direction, ``sum_pairs sum_i w_i (D(x)_i - y_i)^2 / (sum w * channels)``
     (the crops see their full receptive field and the border padding of the whole image)."""
     nd = cfg.ndim
-    tot = 0.0
     pairs, wpairs, vpairs = (ops.checkerboard_pairs(a, nd, axis) for a in (x, wt, v))
+    if cfg.crop_mesh is not None:  # both pairs of every crop in one batch, split over devices
+        xs, ys, ws, vs = (jnp.concatenate([q[j] for q in qs]) for qs, j in
+                          ((pairs, 0), (pairs, 1), (wpairs, 1), (vpairs, 0)))
+        xs, ws, vs, ys = shard_crops((xs, ws, vs, ys), cfg)
+        return _crop_error(params, xs, ws, vs, ys, cfg) / max(cfg.channels, 1)
+    tot = 0.0
     for (xi, yi), (_, wi), (vi, _) in zip(pairs, wpairs, vpairs):
         tot = tot + _crop_error(params, xi, wi, vi, yi, cfg)
     return tot / max(cfg.channels, 1)
@@ -486,6 +516,12 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
     tx = optax.scale_by_adam()
     nd = cfg.ndim
     s = crop_sampler(f, w, cfg)
+    if cfg.crop_mesh is not None:  # one gather per W-step; the crops are then local slices
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        rep = NamedSharding(cfg.crop_mesh, PartitionSpec())
+        s = s._replace(**{k: lax.with_sharding_constraint(getattr(s, k), rep)
+                          for k in ("fp", "wp", "vp")})
     logp = jnp.log(s.prob)
 
     def draw(k, n, axis):
@@ -495,7 +531,7 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
         return lambda p, k: jax.grad(crop_loss)(p, *draw(k, cfg.batch, a), a, cfg)
 
     kv, kt = jax.random.split(key)
-    vx, vw, vv = draw(kv, cfg.val_crops, None)
+    vx, vw, vv = shard_crops(draw(kv, cfg.val_crops, None), cfg)  # (training: crop_loss)
 
     def score(p):
         return _crop_error(p, vx, vw, vv, vx, cfg)

@@ -6,13 +6,16 @@ along the first spatial axis over a device-mesh axis named ``"space"``.
 :func:`self2seg_jax.alternating.run`, its image, region weights, relaxed mask, dual field,
 labels and expert outputs constrained to ``PartitionSpec(..., "space", ...)``; XLA's SPMD
 partitioner splits the work and inserts the communication (the halo rows of the grad/div
-stencils, the sums of energies, gaps and means over the whole image, the crops that the
-experts' training reads from other shards). The result equals the unsharded run up to float
-rounding (sums are taken in another order): the tests allow a few pixels of the mask.
+stencils, the sums of energies, gaps and means over the whole image). The experts' training
+crops are split over the devices (data parallelism, :func:`self2seg_jax.experts.shard_crops`:
+each device runs the expert on its crops, the gradient is summed over devices) instead of every
+device computing every crop. The result equals the unsharded run up to float rounding (sums are
+taken in another order): the tests allow a few pixels of the mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -79,6 +82,11 @@ def _outer(s, f, hyper, spec: alternating.Spec, mesh: Mesh) -> alternating.State
 _step_space = jax.jit(_outer, static_argnames=("spec", "mesh"))
 
 
+def with_crop_mesh(spec: alternating.Spec, mesh: Mesh) -> alternating.Spec:
+    """``spec`` whose experts split their training crops over ``mesh``'s ``"space"`` axis."""
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, crop_mesh=mesh))
+
+
 def host_state(s: alternating.State) -> alternating.State:
     """The final state on the host, whole (gathered from every process of a multi-process job;
     its key as key data)."""
@@ -92,7 +100,8 @@ def run_space(key, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.S
     spatial arrays sharded."""
     # inputs committed to every device (the compiled step then splits them as its constraints
     # say); in a multi-process job, global arrays from every process's identical host copy
-    return _run_space(*distributed.replicate((key, f, w0, labels0, hyper), mesh), spec, mesh)
+    return _run_space(*distributed.replicate((key, f, w0, labels0, hyper), mesh),
+                      with_crop_mesh(spec, mesh), mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))
@@ -107,6 +116,7 @@ def iterate_space(key, f, w0, labels0, hyper, spec, mesh: Mesh, callback) -> alt
     """:func:`run_space` driven from Python with a progress ``callback`` (as
     :func:`self2seg_jax.alternating.iterate`)."""
     key, f, w0, labels0, hyper = distributed.replicate((key, f, w0, labels0, hyper), mesh)
+    spec = with_crop_mesh(spec, mesh)
     gen = alternating.drive(_init_space(key, f, w0, labels0, spec, mesh),
                             lambda s: _step_space(s, f, hyper, spec, mesh))
     return alternating.follow(alternating.events(gen), callback)

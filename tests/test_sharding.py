@@ -87,3 +87,48 @@ def test_space_mesh_on_one_device_equals_plain_run(blob32, const_config):
     b = s2s.segment(jax.random.key(1), img, config=const_config, mesh=mesh)
     np.testing.assert_array_equal(a.mask, b.mask)
     assert a.num_outer == b.num_outer
+
+
+CROPS = textwrap.dedent("""
+    import dataclasses
+    import jax, jax.numpy as jnp, numpy as np
+    from self2seg_jax import experts, sharding
+    assert jax.device_count() == 4
+    mesh = sharding.space_mesh()
+    cfg = experts.TrainConfig(width=4, depth=2, mode="crops", crop=8, batch=3, val_crops=5,
+                              max_steps=20, min_steps=20, val_every=10, n_average=2)
+    cfgm = dataclasses.replace(cfg, crop_mesh=mesh)
+    rng = np.random.default_rng(0)
+    f = jnp.asarray(rng.random((24, 20)), jnp.float32)
+    w = (f > 0.5).astype(jnp.float32)
+    p = experts.init_params(jax.random.key(0), "n2f", cfg)
+    s = experts.crop_sampler(f, w, cfg)
+    x, wt, v = experts.crop_batch(s, jnp.array([0, 3, 5]), cfg, 0)
+    # 3 crops padded to 4 with a zero-weight copy of the first, split one per device
+    xs, ws, vs = experts.shard_crops((x, wt, v), cfgm)
+    assert xs.shape[0] == ws.shape[0] == 4 and float(jnp.abs(ws[3]).sum()) == 0.0
+    assert float(jnp.abs(ws[:3] - wt).max()) == 0.0 and float(jnp.abs(xs[3] - x[0]).max()) == 0.0
+    assert len(xs.sharding.device_set) == 4 and xs.sharding.spec[0] == "space", xs.sharding
+    # the split loss (both pairs of the 3 crops: 6 rows, padded to 8) and its gradient equal
+    # the unsplit ones
+    vg = jax.value_and_grad(experts.crop_loss)
+    l0, g0 = jax.jit(vg, static_argnums=(4, 5))(p, x, wt, v, 0, cfg)
+    l1, g1 = jax.jit(vg, static_argnums=(4, 5))(p, x, wt, v, 0, cfgm)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    # a whole crop-trained W-step: same steps, same expert up to float rounding
+    fit = jax.jit(experts.fit_n2f_crops, static_argnames="cfg")
+    r0 = fit(jax.random.key(1), p, f, w, 1e-3, cfg=cfg)
+    r1 = fit(jax.random.key(1), p, f, w, 1e-3, cfg=cfgm)
+    assert int(r0[2]) == int(r1[2]) == 20
+    np.testing.assert_allclose(np.asarray(r1[1]), np.asarray(r0[1]), atol=1e-4)
+    print("OK")
+""")
+
+
+def test_training_crops_split_over_forced_cpu_devices(tmp_path):
+    """The space path's data parallelism (experts.shard_crops): padding crops carry zero weight,
+    the crops really are split over the 4 devices, and loss, gradient and a whole W-step equal
+    the unsplit ones."""
+    run_on_forced_cpu_devices(CROPS, tmp_path)
