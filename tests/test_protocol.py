@@ -41,6 +41,23 @@ def test_committed_protocol_is_consistent(proto):
         assert a.data_filter == (3 if level > 10 else 1)
     assert P.method_config(proto, "s2s_two_cnn", 30).bg_expert == "n2f"
     assert P.method_config(proto, "chan_vese", 50).data_filter == 1
+    # every method runs the expert size and schedule its rows were run with, pinned in [base]
+    # (session 9), whatever the library's defaults are
+    for m in proto.methods:
+        c = P.method_config(proto, m, 30)
+        assert (c.net_width, c.train_max_steps, c.train_min_steps, c.train_patience,
+                c.crop_batch) == (32, 150, 50, 50, 2), m
+
+
+def test_method_may_override_the_expert_schedule(tmp_path):
+    import tomllib
+
+    raw = tomllib.loads(PROTO.read_text())
+    raw["methods"]["s2s_library"].update(net_width=16, train_max_steps=300)
+    path = tmp_path / "p.toml"
+    path.write_text(_toml(raw))
+    c = P.method_config(P.load(path), "s2s_library", 30)
+    assert (c.net_width, c.train_max_steps, c.train_min_steps) == (16, 300, 50)
 
 
 @pytest.mark.parametrize("edit, match", [
