@@ -43,6 +43,11 @@ VARIANTS = {
     "width_16_steps_300": dict(net_width=16, train_max_steps=300, train_min_steps=100,
                                train_patience=100),
     "lr_2e-3": dict(learning_rate=2e-3),
+    # added later in session 9, before their runs, after the four above were seen: the
+    # half-width expert with the larger Adam step (each alone: -0.005 / +0.003 mean Dice), and
+    # a 24-channel expert
+    "width_16_lr_2e-3": dict(net_width=16, learning_rate=2e-3),
+    "width_24": dict(net_width=24),
 }
 CELLS = [(n, size, seeds) for n in (10.0, 30.0, 50.0)
          for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1)))]
