@@ -68,10 +68,11 @@ def backend_policy(backend: str | None = None) -> dict:
 
 
 PRESETS = ("nuclei", "textures", "paper")
-# The CNN experts' size and training schedule the textures preset was measured with (the
-# defaults' at the time); the preset carries them so that a change of the defaults cannot
-# silently change it.
-CNN_TEXTURES = dict(net_width=32, train_max_steps=150, train_min_steps=50, train_patience=50)
+# The CNN experts' size, Adam step and training schedule the textures preset was measured with
+# (the defaults' until session 9); the preset carries them so that a change of the defaults
+# cannot silently change it.
+CNN_TEXTURES = dict(net_width=32, learning_rate=1e-3, train_max_steps=150, train_min_steps=50,
+                    train_patience=50)
 
 
 def _side(side_2d: int, ndim: int) -> int:
@@ -105,11 +106,12 @@ class Self2SegConfig:
                             "high noise); 1 = off", metavar="K")
     data_term: str = _opt("output", "experts' residuals from their outputs (paper) or from "
                           "blind-spot predictions that never see the pixel's own noise")
-    net_width: int = _opt(32, "CNN expert channels (the paper's net: 64)", metavar="C")
+    net_width: int = _opt(16, "CNN expert channels (the paper's net: 64)", metavar="C")
     net_depth: int = _opt(4, "CNN expert 3x3 conv layers (the paper's net: 8)", metavar="L")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
-    learning_rate: float = _opt(1e-3, "Adam step size of CNN experts", metavar="LR")
+    learning_rate: float = _opt(2e-3, "Adam step size of CNN experts (the paper: 1e-3)",
+                                metavar="LR")
     train_max_steps: int = _opt(150, "max Adam steps per expert training", flag="--train-steps",
                                 metavar="N")
     train_min_steps: int = _opt(50, "Adam steps always taken before early stopping (at most "
@@ -169,7 +171,8 @@ class Self2SegConfig:
     def paper(cls, **overrides) -> Self2SegConfig:
         """The authors' code's configuration, read as **two CNN experts** (the paper's
         "reading B"): min–max normalisation, the Otsu start of the Noise2Fast-denoised image,
-        whole-image training of two 64-channel 8-layer experts, re-initialised every W-step,
+        whole-image training of two 64-channel 8-layer experts (Adam step 1e-3),
+        re-initialised every W-step,
         validation after every step with patience 100, output averaged over the last 100
         validations, up to 8000 primal–dual iterations, no reference-mask term (mu = 0), no
         data filter.
@@ -180,6 +183,7 @@ class Self2SegConfig:
         (``benchmarks/protocols/dsb2018_v2.toml``) reports both readings, with the library's
         smaller nets and crop training, as ``s2s_cnn_const`` (A) and ``s2s_two_cnn`` (B)."""
         base = dict(mu=0.0, fg_expert="n2f", bg_expert="n2f", net_width=64, net_depth=8,
+                    learning_rate=1e-3,
                     normalise="minmax", train_mode="full", init_denoise=True,
                     train_max_steps=3000, train_min_steps=100, train_patience=100, val_every=1,
                     n_average=100, warm_start=False, max_outer=10, pd_max_iter=8000, pd_tol=1e-5,

@@ -43,8 +43,8 @@ WHOLE = -1
 """Patch index of the whole image in rows (``"scale": "whole"``)."""
 WHOLE_NOISE_INDEX = 16
 """Noise seed index of the whole image in :func:`noisy_image`'s formula (patches use 0..15)."""
-_CONFIG_KEYS = ("mu", "bg_expert", "fg_expert", "data_term", "net_width", "train_max_steps",
-                "train_min_steps", "train_patience")  # a method's Self2SegConfig overrides
+_CONFIG_KEYS = ("mu", "bg_expert", "fg_expert", "data_term", "net_width", "learning_rate",
+                "train_max_steps", "train_min_steps", "train_patience")  # a method's overrides
 _METHOD_KEYS = {"label", "kind", "data", "start", "data_filter", *_CONFIG_KEYS}
 
 
