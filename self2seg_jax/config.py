@@ -69,8 +69,8 @@ def backend_policy(backend: str | None = None) -> dict:
 
 PRESETS = ("nuclei", "textures", "paper")
 # The CNN experts' size, Adam step and training schedule the textures preset was measured with
-# (the defaults' until session 9); the preset carries them so that a change of the defaults
-# cannot silently change it.
+# (the defaults'); the preset carries them so that a change of the defaults cannot silently
+# change it.
 CNN_TEXTURES = dict(net_width=32, learning_rate=1e-3, train_max_steps=150, train_min_steps=50,
                     train_patience=50)
 
@@ -106,11 +106,11 @@ class Self2SegConfig:
                             "high noise); 1 = off", metavar="K")
     data_term: str = _opt("output", "experts' residuals from their outputs (paper) or from "
                           "blind-spot predictions that never see the pixel's own noise")
-    net_width: int = _opt(16, "CNN expert channels (the paper's net: 64)", metavar="C")
+    net_width: int = _opt(32, "CNN expert channels (the paper's net: 64)", metavar="C")
     net_depth: int = _opt(4, "CNN expert 3x3 conv layers (the paper's net: 8)", metavar="L")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
-    learning_rate: float = _opt(2e-3, "Adam step size of CNN experts (the paper: 1e-3)",
+    learning_rate: float = _opt(1e-3, "Adam step size of CNN experts (the paper: 1e-3)",
                                 metavar="LR")
     train_max_steps: int = _opt(150, "max Adam steps per expert training", flag="--train-steps",
                                 metavar="N")

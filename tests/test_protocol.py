@@ -43,16 +43,18 @@ def test_committed_protocol_is_consistent(proto):
     assert P.method_config(proto, "s2s_two_cnn", 30).bg_expert == "n2f"
     assert P.method_config(proto, "chan_vese", 50).data_filter == 1
     # every method runs the expert size, Adam step and schedule its rows were run with, pinned
-    # in [base] (session 9), whatever the library's defaults are; s2s_library_s9 is the
-    # session-9 defaults
+    # in [base] (session 9), whatever the library's defaults are; s2s_library_s9 is session 9's
+    # candidate default (16 channels, Adam step 2e-3), evaluated and not adopted
     for m in proto.methods:
         c = P.method_config(proto, m, 30)
         want = (16, 2e-3) if m == "s2s_library_s9" else (32, 1e-3)
         assert (c.net_width, c.learning_rate) == want, m
         assert (c.train_max_steps, c.train_min_steps, c.train_patience, c.crop_batch) == \
             (150, 50, 50, 2), m
-    s9 = P.method_config(proto, "s2s_library_s9", 30)
-    assert s9 == s2s.Self2SegConfig(crop_batch=2), "s2s_library_s9 must be segment()'s default"
+    assert P.method_config(proto, "s2s_library", 30) == s2s.Self2SegConfig(crop_batch=2), \
+        "s2s_library must be segment()'s default"
+    assert P.method_config(proto, "s2s_library_s9", 30) == s2s.Self2SegConfig(
+        crop_batch=2, net_width=16, learning_rate=2e-3)
 
 
 def test_method_may_override_the_expert_schedule(tmp_path):
