@@ -216,3 +216,30 @@ def test_readme_block_is_replaced_between_markers(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         R.replace_block(tmp_path / "plain.md", "x")
+
+
+def test_compare_two_methods_pairs_evaluation_images_at_one_lambda(tmp_path):
+    """compare_protocol_rows: only evaluation patches both methods have, at the fixed λ, W/T/L
+    with the protocol's tie, Wilcoxon p as SciPy's; tuning patches and unmatched images ignored."""
+    import compare_protocol_rows as C
+
+    rows = []
+    ev = [1, 2, 3, 4, 6]
+    for i, p in enumerate(ev + [0]):  # patch 0 is a tuning patch
+        for m, d in (("a", 0.8 + 0.01 * i), ("b", 0.8)):
+            rows.append({"method": m, "level": 30.0, "seed": 0, "patch": p, "scale": "patch",
+                         "lams": [0.01, 0.03], "dice": [0.1, d]})
+    rows.append({"method": "a", "level": 30.0, "seed": 1, "patch": 1, "scale": "patch",
+                 "lams": [0.01, 0.03], "dice": [0.1, 0.0]})  # no partner in "b": not paired
+    rows.append({"method": "b", "level": 30.0, "seed": 0, "patch": 16, "scale": "whole",
+                 "lams": [0.03], "dice": [0.77]})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert C.main([str(tmp_path), "a", "b"]) == 0
+    out = json.loads((tmp_path / "compare_a_vs_b.json").read_text())
+    lv = out["levels"]["30"]
+    a = [0.8 + 0.01 * i for i in range(5)]
+    assert lv["pairs"] == 5 and lv["seeds"] == [0] and out["lam"] == 0.03
+    assert lv["mean_a"] == pytest.approx(np.mean(a), abs=1e-4) and lv["mean_b"] == 0.8
+    assert lv["wtl"] == [4, 1, 0]  # differences 0, .01, .02, .03, .04 with tie 0.005
+    assert lv["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, [0.8] * 5).pvalue, abs=1e-3)
+    assert out["whole"] == [{"method": "b", "level": 30.0, "seed": 0, "dice": 0.77}]
