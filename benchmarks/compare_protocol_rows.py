@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiments import protocol as P  # noqa: E402
+from report_protocol import wilcoxon_p, wtl  # noqa: E402
+from run_protocol import load_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     lam = proto.raw["lambda"]["fixed"] if args.lam is None else args.lam
     tie = proto.raw["report"]["tie"]
     ev = set(proto.data["evaluation_patches"])
-    rows = [json.loads(ln) for ln in (args.results / "rows.jsonl").read_text().splitlines() if ln]
+    rows = load_rows(args.results / "rows.jsonl")
 
     def at_lam(r):
         lams = [round(x, 12) for x in r["lams"]]
@@ -53,13 +54,11 @@ def main(argv=None) -> int:
         x = np.array([val[args.a][k] for k in common])
         y = np.array([val[args.b][k] for k in common])
         d = x - y
-        p = float(stats.wilcoxon(x, y).pvalue) if np.any(np.abs(d) > 0) else 1.0
         out["levels"][f"{level:g}"] = {
             "pairs": len(common), "seeds": sorted({k[0] for k in common}),
             "mean_a": round(float(x.mean()), 4), "mean_b": round(float(y.mean()), 4),
             "mean_diff": round(float(d.mean()), 4),
-            "wtl": [int((d >= tie).sum()), int((np.abs(d) < tie).sum()), int((d <= -tie).sum())],
-            "wilcoxon_p": round(p, 3)}
+            "wtl": wtl(d, tie), "wilcoxon_p": round(wilcoxon_p(d), 3)}
     for r in rows:
         if r["method"] in (args.a, args.b) and r["scale"] == "whole":
             out["whole"].append({"method": r["method"], "level": r["level"], "seed": r["seed"],

@@ -436,15 +436,21 @@ def shard_crops(arrays: tuple, cfg: TrainConfig, weight: int = 1) -> tuple:
     neither the loss nor its gradient. Without a mesh, unchanged."""
     if cfg.crop_mesh is None:
         return arrays
-    from jax.sharding import NamedSharding, PartitionSpec
-
     n = arrays[0].shape[0]
     pad = -n % cfg.crop_mesh.shape["space"]
     if pad:
         take = jnp.arange(pad) % n
         arrays = tuple(jnp.concatenate([a, jnp.zeros_like(a[take]) if i == weight else a[take]])
                        for i, a in enumerate(arrays))
-    sh = NamedSharding(cfg.crop_mesh, PartitionSpec("space"))
+    return _on_crop_mesh(arrays, cfg, "space")
+
+
+def _on_crop_mesh(arrays: tuple, cfg: TrainConfig, axis: str | None) -> tuple:
+    """``arrays`` constrained to ``cfg.crop_mesh``: split along their leading axis over mesh
+    axis ``axis``, or replicated (``None``)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sh = NamedSharding(cfg.crop_mesh, PartitionSpec(axis))
     return tuple(lax.with_sharding_constraint(a, sh) for a in arrays)
 
 
@@ -517,11 +523,8 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
     nd = cfg.ndim
     s = crop_sampler(f, w, cfg)
     if cfg.crop_mesh is not None:  # one gather per W-step; the crops are then local slices
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        rep = NamedSharding(cfg.crop_mesh, PartitionSpec())
-        s = s._replace(**{k: lax.with_sharding_constraint(getattr(s, k), rep)
-                          for k in ("fp", "wp", "vp")})
+        fp, wp, vp = _on_crop_mesh((s.fp, s.wp, s.vp), cfg, None)
+        s = s._replace(fp=fp, wp=wp, vp=vp)
     logp = jnp.log(s.prob)
 
     def draw(k, n, axis):
