@@ -243,3 +243,30 @@ def test_compare_two_methods_pairs_evaluation_images_at_one_lambda(tmp_path):
     assert lv["wtl"] == [4, 1, 0]  # differences 0, .01, .02, .03, .04 with tie 0.005
     assert lv["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, [0.8] * 5).pvalue, abs=1e-3)
     assert out["whole"] == [{"method": "b", "level": 30.0, "seed": 0, "dice": 0.77}]
+
+
+def test_stop_rules_offline_scores_earlier_stops_from_recorded_iterates(tmp_path):
+    """stop_rules_offline: the divergence guard stops at the first growth of the label change
+    and scores that iterate (and the one before); the natural stop is the last iterate; the best
+    iterate bounds every earlier stop; groups by image name."""
+    import stop_rules_offline as S
+
+    def its(dice, change):
+        return [{"outer": k + 1, "dice": d, "change": c} for k, (d, c) in
+                enumerate(zip(dice, change))]
+
+    shrinking = its([0.6, 0.8, 0.85], [0.2, 0.05, 0.01])  # converging: the guard never fires
+    drifting = its([0.78, 0.77, 0.70, 0.55], [0.03, 0.04, 0.07, 0.2])  # fires at iterate 2
+    assert S.guard_stop(shrinking) is None
+    assert S.scores({"iterations": shrinking})["guard_k_minus_1"] == 0.85
+    assert S.guard_stop(drifting) == 1
+    sc = S.scores({"iterations": drifting})
+    assert sc == {"natural": 0.55, "best_iterate": 0.78, "guard_k": 0.77, "guard_k_minus_1": 0.78}
+    rows = [{"config": "default", "image": "syn_n10_128_s0", "iterations": shrinking},
+            {"config": "default", "image": "bundled_stack", "iterations": drifting}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert S.main([str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "stop_rules.json").read_text())["summary"]
+    assert out["default/syn"]["natural"] == 0.85 and out["default/syn"]["guard_hurts"] == 0
+    assert out["default/bundled_stack"]["guard_helps"] == 1
+    assert out["default/bundled_stack"]["guard_k_minus_1"] == 0.78
