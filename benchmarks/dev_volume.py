@@ -40,12 +40,8 @@ VARIANTS = {
 }
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dev_volume")
-    args = ap.parse_args(argv)
-    warnings.simplefilter("ignore", RuntimeWarning)
+def volumes() -> dict:
+    """``{name: (noisy, gt)}``: the 8 synthetic volumes, then ``"bundled_stack"``."""
     vols = {}
     for glow in (0.0, 0.3):
         for n in (20, 40):
@@ -55,6 +51,16 @@ def main(argv=None) -> int:
                 vols[f"syn{'_glow' if glow else ''}_n{n}_s{s}"] = (noisy, gt)
     stack, gt = s2s.data.load_sample_3d()
     vols["bundled_stack"] = (stack, gt)
+    return vols
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dev_volume")
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore", RuntimeWarning)
+    vols = volumes()
     rows = []
     for name, (noisy, gt) in vols.items():
         f = s2s.api.normalise(noisy, "minmax")[0]

@@ -39,11 +39,12 @@ CONFIGS = {
 
 
 def images_2d():
+    from dev_defaults import CELLS
     from experiments import dsb2018
 
     out = {}
-    for n in (10.0, 30.0, 50.0):
-        for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1))):
+    for n in sorted({c[0] for c in CELLS}):
+        for size, seeds in [(size, seeds) for m, size, seeds in CELLS if m == n]:
             for sd in seeds:
                 noisy, _, gt = s2s.data.synthetic_nuclei(1000 + sd, (size, size), noise=n)
                 out[f"syn_n{n:g}_{size}_s{sd}"] = (noisy, gt, sd, False)
@@ -53,15 +54,16 @@ def images_2d():
 
 
 def images_3d():
+    """``dev_volume.py``'s volumes (names ``vol[_glow]_n{noise}_s{seed}``, key = the seed),
+    the bundled stack last (key 8)."""
+    from dev_volume import volumes
+
     out = {}
-    for glow in (0.0, 0.3):
-        for n in (20, 40):
-            for s in (0, 1):
-                noisy, _, gt = s2s.data.synthetic_nuclei(2000 + s, (32, 64, 64), noise=n,
-                                                         glow=glow)
-                out[f"vol{'_glow' if glow else ''}_n{n}_s{s}"] = (noisy, gt, s, True)
-    stack, gt = s2s.data.load_sample_3d()
-    out["bundled_stack"] = (stack, gt, 8, True)
+    for name, (noisy, gt) in volumes().items():
+        if name == "bundled_stack":
+            out[name] = (noisy, gt, 8, True)
+        else:
+            out["vol" + name[3:]] = (noisy, gt, int(name[-1]), True)
     return out
 
 
