@@ -33,10 +33,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch")
-    ap.add_argument("--modes", nargs="+", choices=("loop", "async", "map", "vmap"), default=None,
+    ap.add_argument("--modes", nargs="+", choices=("loop", "async", "threads", "map", "vmap"), default=None,
                     help="instead: time each way of running the batch on one device (a Python "
                          "loop of compiled runs, waiting for each; the same loop dispatching "
-                         "every run before reading any (async); lax.map or vmap inside one "
+                         "every run before reading any (async); the runs from a pool of as many "
+                         "threads as cores (threads); lax.map or vmap inside one "
                          "program), one JSON line per mode as soon as it is done (compile call "
                          "first)")
     args = ap.parse_args(argv)
@@ -102,6 +103,15 @@ def time_modes(key, imgs, gts, cfg, args) -> int:
             states = [alternating.run(p.k_run, p.f, p.start.weights, p.start.labels, hyper, spec)
                       for p in prep]
             return np.stack([np.asarray(s.labels) for s in states])
+        if mode == "threads":  # one compiled run per image from a pool of host threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            def one(p):
+                return np.asarray(alternating.run(p.k_run, p.f, p.start.weights, p.start.labels,
+                                                  hyper, spec).labels)
+
+            with ThreadPoolExecutor(batch.default_threads(len(prep))) as ex:
+                return np.stack(list(ex.map(one, prep)))
         return np.asarray(batch.run_batch(*stacked, hyper, spec, mode).labels)
 
     rows = []

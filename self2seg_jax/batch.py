@@ -5,8 +5,9 @@
 runs the one alternating scheme over the batch, its batch axis sharded over a 1-D device mesh
 (axis ``"batch"``; default: every device, of every process in a
 :mod:`self2seg_jax.distributed` job). Each device runs its share image after image (``lax.map``
-under ``shard_map`` with several devices; on a single device one compiled run after another,
-which measured faster on XLA:CPU than a ``lax.map``). Not ``vmap``: on an H200 a vmapped batch
+under ``shard_map`` with several devices; on a single device one compiled run per image, which
+measured faster on XLA:CPU than a ``lax.map``, from a pool of host threads on a CPU backend
+(:func:`run_local`), where one run leaves part of the cores idle). Not ``vmap``: on an H200 a vmapped batch
 of 16 patches took 16.8 s against 4.3 s for the loop and 4.5 s for ``lax.map``
 (``benchmarks/results/batch/batch_modes_gpu_16.json``) — the vmapped ``while_loop`` runs every
 member until the slowest stops, and vmapping the CNN over per-image weights batches the
@@ -23,6 +24,8 @@ iterations is spent. Under ``lax.map`` every image stops on its own.
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -91,8 +94,8 @@ def image_keys(key, b: int) -> jax.Array:
 
 def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2SegConfig(),
                   num_classes: int = 2, channel_axis: int | None = None, volume: bool = False,
-                  spacing=None, class_experts=None, mesh: Mesh | None = None
-                  ) -> api.Self2SegResult:
+                  spacing=None, class_experts=None, mesh: Mesh | None = None,
+                  threads: int | None = None) -> api.Self2SegResult:
     """Self2Seg on ``B`` same-shape images (one compiled call per device share; no recompiles).
 
     Args:
@@ -107,6 +110,9 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         :func:`batch_mesh` over every device — of every process after
         :func:`self2seg_jax.distributed.initialize`, where each process must pass the same
         images and gets the whole result).
+      threads: on a single device, how many images run at once, each from its own host
+        thread (default :func:`default_threads`: the CPU cores available to this process on
+        a CPU backend, 1 on accelerators). Results do not depend on it.
       Other arguments: as :func:`self2seg_jax.segment` (no progress callback).
 
     Returns:
@@ -121,6 +127,9 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     inits = list(init) if isinstance(init, (list, tuple)) else [init] * b
     if len(inits) != b:
         raise ValueError(f"init: got {len(inits)} starts for {b} images")
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads
+                                or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     keys = image_keys(key, b)
     prepared = []
     for i, (img, ini) in enumerate(zip(imgs, inits)):
@@ -137,12 +146,12 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         raise ValueError(f"mesh must have an axis named {AXIS!r}, got {mesh.axis_names}")
     n_dev = mesh.shape[AXIS]
     if n_dev == 1 and jax.process_count() == 1:
-        # one device: the images one after the other through segment's own compiled scheme
-        # (on XLA:CPU a lax.map over whole schemes measured slower than this loop; on an H200
-        # vmap was 3.9x slower and lax.map as fast: benchmarks/results/batch/)
-        runs = [api.run_prepared(p, config) for p in prepared]  # lam="auto": one per image
-        return _stack_results([api.finish(jax.device_get(st), p, c)
-                               for (st, c), p in zip(runs, prepared)], spec.max_outer)
+        # one device: each image through segment's own compiled scheme (on XLA:CPU a lax.map
+        # over whole schemes measured slower than a loop of them; on an H200 vmap was 3.9x
+        # slower and lax.map as fast: benchmarks/results/batch/), from a pool of host threads
+        # on a CPU, where one run leaves cores idle
+        n_threads = default_threads(b) if threads is None else int(threads)
+        return _stack_results(run_local(prepared, config, n_threads), spec.max_outer)
     configs = [api.resolve_lam(p, config) for p in prepared]  # lam="auto": one per image
     pad = -b % n_dev  # a multiple of the device count
     padded, pconf = prepared + [prepared[-1]] * pad, configs + [configs[-1]] * pad
@@ -160,6 +169,37 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
     host = distributed.fetch(state._replace(key=jax.random.key_data(state.key)))
     return _stack_results([api.finish(jax.tree.map(lambda x, i=i: x[i], host), p, c)
                            for i, (p, c) in enumerate(zip(prepared, configs))], spec.max_outer)
+
+
+def default_threads(b: int) -> int:
+    """Images run at once on a single device: on a CPU backend the cores this process may use
+    (at most ``b``); 1 on accelerators, whose one device runs one program at a time."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return max(1, min(b, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+
+
+def run_local(prepared: list[api.Prepared], config: Self2SegConfig,
+              threads: int = 1) -> list[api.Self2SegResult]:
+    """The result of every prepared image on this process's default device, each its own
+    compiled run (:func:`self2seg_jax.api.run_prepared`; ``lam="auto"`` picks per image).
+
+    With ``threads > 1`` the runs come from a pool of host threads (XLA releases the GIL while
+    a program runs): on XLA:CPU one run of the scheme keeps about 1.6 of 2 cores busy, so two
+    at once finish sooner (``benchmarks/results/batch/``). The first image runs alone, so
+    that its call compiles the programs the others reuse. Each run is the one ``segment``
+    makes; the results do not depend on ``threads``.
+    """
+    def one(p):
+        st, c = api.run_prepared(p, config)
+        return api.finish(jax.device_get(st), p, c)
+
+    if threads <= 1 or len(prepared) <= 1:
+        return [one(p) for p in prepared]
+    first = one(prepared[0])
+    with ThreadPoolExecutor(min(threads, len(prepared) - 1)) as pool:
+        return [first] + list(pool.map(one, prepared[1:]))
 
 
 def _as_batch(images) -> list[np.ndarray]:

@@ -38,6 +38,21 @@ def test_batch_equals_single_runs(which, blobs, const_config, tiny_n2f_config):
     assert res.denoised_bg.shape == blobs.shape and res.probabilities.shape[:2] == (3, 2)
 
 
+def test_threads_change_nothing_but_time(blobs, tiny_n2f_config):
+    """On one device the images may run from several host threads at once: the same results,
+    bit for bit, as one after the other (each is its own compiled run)."""
+    one = s2s.segment_batch(jax.random.key(5), blobs, config=tiny_n2f_config, threads=1)
+    three = s2s.segment_batch(jax.random.key(5), blobs, config=tiny_n2f_config, threads=3)
+    np.testing.assert_array_equal(one.labels, three.labels)
+    np.testing.assert_array_equal(one.energies, three.energies)
+    np.testing.assert_array_equal(one.denoised, three.denoised)
+    assert list(one.status) == list(three.status)
+    assert 1 <= batch.default_threads(3) <= 3 and batch.default_threads(1) == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            s2s.segment_batch(jax.random.key(5), blobs, config=tiny_n2f_config, threads=bad)
+
+
 def test_batch_inputs_checked(blobs, const_config):
     with pytest.raises(ValueError, match="empty batch"):
         s2s.segment_batch(jax.random.key(0), [], config=const_config)
