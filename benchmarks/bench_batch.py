@@ -114,13 +114,20 @@ def time_modes(key, imgs, gts, cfg, args) -> int:
                 return np.stack(list(ex.map(one, prep)))
         return np.asarray(batch.run_batch(*stacked, hyper, spec, mode).labels)
 
+    import resource
+
+    def cpu_s():  # user + system CPU time of this process (all its threads)
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
     rows = []
     for mode in args.modes:
         run(mode)  # compile
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         labels = run(mode)
-        dt = time.perf_counter() - t
+        dt, dc = time.perf_counter() - t, cpu_s() - c
         row = {"mode": mode, "n": len(imgs), "seconds": round(dt, 3),
+               "cpu_s": round(dc, 2), "cores_busy": round(dc / dt, 2),
                "images_per_s": round(len(imgs) / dt, 3),
                "dice": round(float(np.mean([s2s.metrics.dice(labels[i] > 0, gts[i])
                                             for i in range(len(imgs))])), 4),
