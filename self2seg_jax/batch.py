@@ -7,8 +7,8 @@ runs the one alternating scheme over the batch, its batch axis sharded over a 1-
 :mod:`self2seg_jax.distributed` job). Each device runs its share image after image (``lax.map``
 under ``shard_map`` with several devices; on a single device one compiled run per image, which
 measured faster on XLA:CPU than a ``lax.map``, from a pool of host threads on a CPU backend
-(:func:`run_local`), where one run leaves part of the cores idle). Not ``vmap``: on an H200 a vmapped batch
-of 16 patches took 16.8 s against 4.3 s for the loop and 4.5 s for ``lax.map``
+(:func:`run_local`), where one run leaves part of the cores idle). Not ``vmap``: on an H200 a
+vmapped batch of 16 patches took 16.8 s against 4.3 s for the loop and 4.5 s for ``lax.map``
 (``benchmarks/results/batch/batch_modes_gpu_16.json``) — the vmapped ``while_loop`` runs every
 member until the slowest stops, and vmapping the CNN over per-image weights batches the
 convolutions' kernels. :func:`run_batch` keeps ``mode="vmap"`` for callers who want it. A batch

@@ -682,3 +682,30 @@ def test_subprocess_persistent_compilation_cache(tmp_path):
     assert first["includes_compilation"] is True and any(cache.iterdir())
     second = go("o2")
     assert second["includes_compilation"] is False and second["compile_s"] == 0
+
+
+def test_batch_flag_segments_same_shape_files_together_with_the_same_outputs(tmp_path, capfd):
+    """--batch: files of one shape go through segment_batch (here: one CPU device, a thread
+    pool); every file gets the outputs of a one-by-one run, a file of its own shape and a bad
+    file are handled as without the flag."""
+    files = [write_blob(tmp_path, f"b{k}.tif", seed=k) for k in range(3)]
+    files.append(write_blob(tmp_path, "odd.tif", seed=7, size=SIZE + 4))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    rc_one, _, err = run(["segment", *files, bad, "-o", tmp_path / "one", *CONST, "--quiet"],
+                         capfd)
+    assert rc_one == 2 and "bad.tif" in err
+    rc, out, err = run(["segment", *files, bad, "-o", tmp_path / "many", *CONST, "--quiet",
+                        "--batch", "--json"], capfd)
+    assert rc == rc_one and "bad.tif" in err  # the bad file fails, the others are written
+    summary = json.loads(out)
+    assert summary["ok"] == 4 and summary["failed"] == 1
+    for f in files:
+        for suffix in OUTPUT_SUFFIXES:
+            assert (tmp_path / "many" / (f.stem + suffix)).is_file()
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "many" / f"{f.stem}_mask.tif"),
+                                      tifffile.imread(tmp_path / "one" / f"{f.stem}_mask.tif"))
+    reps = {f.stem: json.loads((tmp_path / "many" / f"{f.stem}_report.json").read_text())
+            for f in files}
+    assert all(reps[f"b{k}"]["timings"]["batch_size"] == 3 for k in range(3))
+    assert "batch_size" not in reps["odd"]["timings"]

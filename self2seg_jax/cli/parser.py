@@ -188,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clean image: report PSNR and SSIM of the denoised image")
     ge.add_argument("--png", action="store_true", help="write the mask as PNG instead of TIFF")
     gd = seg.add_argument_group(
-        "many processes (one per host or SLURM task; see the README)")
+        "batches and many processes (one per host or SLURM task; see the README)")
+    gd.add_argument("--batch", action="store_true",
+                    help="segment files of one shape together (self2seg_jax.segment_batch): "
+                    "split over every device of this node, on a CPU several at once from as "
+                    "many threads as cores; the same outputs as one by one, no progress bars "
+                    "for them")
     gd.add_argument("--distributed", action="store_true",
                     help="join a jax.distributed job: files of one shape are segmented as "
                     "global batches over every process's devices, the others are split "

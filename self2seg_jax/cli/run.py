@@ -430,7 +430,7 @@ def cmd_segment(args) -> int:
             error(args, msg)
             return {"file": str(path), "ok": False, "error": msg, "code": code}
 
-    if nproc == 1 and not args.distributed:
+    if nproc == 1 and not args.distributed and not args.batch:
         rows = [one_file(i) for i in range(n)]
     else:
         rows = _distributed_rows(args, config, extra, n, pid, nproc, load, one_file)
@@ -438,7 +438,8 @@ def cmd_segment(args) -> int:
 
 
 def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> list[dict]:
-    """This process's share of a ``--distributed`` run: every process reads every file; files
+    """This process's share of a ``--distributed`` run (or of a one-process ``--batch`` run,
+    ``nproc = 1``): every process reads every file; files
     of a shape that several share form a global batch (:func:`self2seg_jax.segment_batch`
     over all processes' devices, every image with the key of a one-process run), file ``j``
     of a batch written by process ``j mod N``; the other files go to processes in turn
