@@ -112,7 +112,8 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         images and gets the whole result).
       threads: on a single device, how many images run at once, each from its own host
         thread (default :func:`default_threads`: the CPU cores available to this process on
-        a CPU backend, 1 on accelerators). Results do not depend on it.
+        a CPU backend, fewer where the runs would not fit in memory; 1 on accelerators).
+        Results do not depend on it.
       Other arguments: as :func:`self2seg_jax.segment` (no progress callback).
 
     Returns:
@@ -150,7 +151,7 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         # over whole schemes measured slower than a loop of them; on an H200 vmap was 3.9x
         # slower and lax.map as fast: benchmarks/results/batch/), from a pool of host threads
         # on a CPU, where one run leaves cores idle
-        n_threads = default_threads(b) if threads is None else int(threads)
+        n_threads = default_threads(b, prepared[0].f.size) if threads is None else int(threads)
         return _stack_results(run_local(prepared, config, n_threads), spec.max_outer)
     configs = [api.resolve_lam(p, config) for p in prepared]  # lam="auto": one per image
     pad = -b % n_dev  # a multiple of the device count
@@ -171,13 +172,29 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
                            for i, (p, c) in enumerate(zip(prepared, configs))], spec.max_outer)
 
 
-def default_threads(b: int) -> int:
+BYTES_PER_PIXEL = 400
+"""Rough working set of one run per image pixel (peak RSS above the ~0.9 GiB of an idle
+process: 360 B at 1024², 280 B at 2048², 106 B at 4096² with tiled passes —
+``benchmarks/results/scaling_s6``, ``scaling_4096``); bounds :func:`default_threads`."""
+
+
+def default_threads(b: int, pixels: int = 0) -> int:
     """Images run at once on a single device: on a CPU backend the cores this process may use
-    (at most ``b``); 1 on accelerators, whose one device runs one program at a time."""
+    (at most ``b``), and no more runs of ``pixels``-pixel images than fit in half the
+    available memory at :data:`BYTES_PER_PIXEL`; 1 on accelerators, whose one device runs
+    one program at a time."""
     if jax.default_backend() != "cpu":
         return 1
-    return max(1, min(b, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = min(b, cores or 1)
+    if pixels > 0:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 0
+        if avail > 0:
+            n = min(n, int(avail // 2 // (BYTES_PER_PIXEL * pixels)))
+    return max(1, n)
 
 
 def run_local(prepared: list[api.Prepared], config: Self2SegConfig,

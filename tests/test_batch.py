@@ -48,6 +48,7 @@ def test_threads_change_nothing_but_time(blobs, tiny_n2f_config):
     np.testing.assert_array_equal(one.denoised, three.denoised)
     assert list(one.status) == list(three.status)
     assert 1 <= batch.default_threads(3) <= 3 and batch.default_threads(1) == 1
+    assert batch.default_threads(3, pixels=10**15) == 1  # runs that cannot fit in memory
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="threads must be a positive integer"):
             s2s.segment_batch(jax.random.key(5), blobs, config=tiny_n2f_config, threads=bad)
