@@ -433,11 +433,11 @@ def cmd_segment(args) -> int:
     if nproc == 1 and not args.distributed and not args.batch:
         rows = [one_file(i) for i in range(n)]
     else:
-        rows = _distributed_rows(args, config, extra, n, pid, nproc, load, one_file)
+        rows = _batched_rows(args, config, extra, n, pid, nproc, load, one_file)
     return _finish(args, rows, pid, nproc)
 
 
-def _distributed_rows(args, config, extra, n, pid, nproc, load, one_file) -> list[dict]:
+def _batched_rows(args, config, extra, n, pid, nproc, load, one_file) -> list[dict]:
     """This process's share of a ``--distributed`` run (or of a one-process ``--batch`` run,
     ``nproc = 1``): every process reads every file; files
     of a shape that several share form a global batch (:func:`self2seg_jax.segment_batch`
