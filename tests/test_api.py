@@ -405,6 +405,61 @@ def test_mask_step_iteration_cap_warns(const_config):
     assert np.all(res.pd_iterations < 20000)
 
 
+def test_drift_warning_fires_only_on_growing_changes_at_max_outer():
+    """check_drift: a run stopped by max_outer whose label changes grew over its last
+    iterations is flagged; converging runs, runs stopped otherwise and small changes are not."""
+    from self2seg_jax import alternating
+    max_outer = alternating.STATUS_NAMES[alternating.MAX_OUTER]
+    drifting = [0.057, 0.0096, 0.041, 0.050, 0.061, 0.083, 0.106, 0.242]  # the bundled stack
+    with pytest.warns(RuntimeWarning, match="drifting.*after iteration 2"):
+        api.check_drift(drifting, max_outer)
+    quiet = [([0.18, 0.08, 0.076, 0.074, 0.039, 0.018, 0.011, 0.010], max_outer),  # converging
+             (drifting, alternating.STATUS_NAMES[alternating.ENERGY_RULE]),  # stopped by a rule
+             ([0.001, 0.002, 0.003, 0.004, 0.005], max_outer),  # growing but below 1 %
+             ([0.02, 0.03, 0.04], max_outer)]  # too short to tell
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for changes, status in quiet:
+            api.check_drift(changes, status)
+
+
+def test_smaller_max_outer_returns_the_earlier_iterate(blob32, tiny_n2f_config, tiny_n2f_result):
+    """What the drift warning tells users: the same key with a smaller max_outer runs the same
+    first iterations (same energies and label changes, bit for bit), so it returns an earlier
+    iterate of the longer run."""
+    assert tiny_n2f_result.num_outer >= 2
+    img, _ = blob32
+    short = s2s.segment(jax.random.key(0), img, config=tiny_n2f_config.replace(max_outer=1))
+    assert short.num_outer == 1
+    np.testing.assert_array_equal(short.energies, tiny_n2f_result.energies[:1])
+    np.testing.assert_array_equal(short.mask_changes, tiny_n2f_result.mask_changes[:1])
+
+
+def test_drift_warning_on_the_recorded_development_runs():
+    """The claim in check_drift's docstring, checked on the committed trajectories: of the
+    recorded runs it fires on the bundled stack and one DSB2018 tuning patch only, both runs
+    whose last iterate is worse than their best."""
+    import json
+    from pathlib import Path
+
+    from self2seg_jax import alternating
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "trajectories"
+    rows = [json.loads(x) for p in sorted(folder.glob("*rows.jsonl"))
+            for x in p.read_text().splitlines()]
+    fired = []
+    for r in rows:
+        its = r["iterations"]
+        status = alternating.STATUS_NAMES[its[-1]["status"]]
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            api.check_drift([i["change"] for i in its], status)
+        if rec:
+            fired.append((r["config"], r["image"]))
+            assert its[-1]["dice"] < max(i["dice"] for i in its) - 0.05
+    assert len(rows) == 69
+    assert sorted(fired) == [("default", "bundled_stack"), ("default", "dsb_tuning_n10_p0")]
+
+
 def test_multiclass_iteration_cap_warns(make_blob):
     f, _ = make_blob(0, 40, 0.15)
     cfg = s2s.Self2SegConfig(
