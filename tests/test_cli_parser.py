@@ -16,48 +16,11 @@ import textwrap
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import CHEAP_TOML, assert_one_line_error, files, run
 
 import self2seg_jax
 from self2seg_jax import Self2SegConfig, cli
 from self2seg_jax.cli import parser as P
-
-CHEAP_TOML = """\
-net_width = 8
-net_depth = 1
-train_max_steps = 30
-train_min_steps = 10
-train_patience = 10
-val_every = 10
-n_average = 2
-max_outer = 2
-pd_max_iter = 300
-init_denoise = false
-"""
-
-
-def run(argv, capfd):
-    """``(exit code, stdout, stderr)`` of an in-process ``cli.main`` call."""
-    rc = cli.main([str(a) for a in argv])
-    out, err = capfd.readouterr()
-    return rc, out, err
-
-
-def error_lines(err):
-    return [ln for ln in err.splitlines() if ln.startswith("error:")]
-
-
-def assert_one_line_error(rc, err, *words):
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    for w in words:
-        assert str(w) in lines[0], lines[0]
-    return lines[0]
-
-
-def files(folder):
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def write_image(folder, name="img.tif"):
