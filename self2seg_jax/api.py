@@ -494,18 +494,20 @@ DRIFT_RUN = 3
 DRIFT_MIN_CHANGE = 0.01
 
 
-def check_drift(changes, status: str) -> None:
-    """Warn (``RuntimeWarning``) when a run of more than :data:`DRIFT_RUN` outer iterations hit
-    ``max_outer`` while its mask was changing by *more* at each of its last :data:`DRIFT_RUN`
-    iterations than at the one before (the last change above
-    :data:`DRIFT_MIN_CHANGE` of the pixels): the mask was drifting, typically because one
-    expert explains the other region too (a background that is not flat, for a constant
-    background expert), and the returned mask can be far worse than an earlier one.
+def drift_message(changes, status: str) -> str | None:
+    """The drift warning's text for a run with these label changes and status, or ``None``.
 
-    Label-free and result-neutral (it changes nothing that is returned). Of the 69 recorded
-    development runs in ``benchmarks/results/trajectories`` it fires on the two whose Dice fell
-    through their last iterations — the bundled 3-D stack and a DSB2018 tuning patch at noise
-    10 — and on none of the others (the rule was written after those runs were seen).
+    A run of more than :data:`DRIFT_RUN` outer iterations that hit ``max_outer`` while its
+    mask was changing by *more* at each of its last :data:`DRIFT_RUN` iterations than at the
+    one before (the last change above :data:`DRIFT_MIN_CHANGE` of the pixels) was drifting,
+    typically because one expert explains the other region too (a background that is not
+    flat, for a constant background expert); the returned mask can be far worse than an
+    earlier one.
+
+    Label-free and result-neutral. Of the 69 recorded development runs in
+    ``benchmarks/results/trajectories`` it fires on the two whose Dice fell through their last
+    iterations — the bundled 3-D stack and a DSB2018 tuning patch at noise 10 — and on none of
+    the others (the rule was written after those runs were seen).
 
     Args:
       changes: ``(num_outer,)`` fraction of labels changed per outer iteration.
@@ -513,18 +515,24 @@ def check_drift(changes, status: str) -> None:
     """
     c = np.asarray(changes, np.float64).ravel()
     if status != alternating.STATUS_NAMES[alternating.MAX_OUTER] or c.size <= DRIFT_RUN:
-        return
+        return None
     tail = c[-DRIFT_RUN:]
-    if np.all(np.diff(tail) > 0) and tail[-1] > DRIFT_MIN_CHANGE:
-        warnings.warn(
-            "Self2Seg: the mask was still drifting when max_outer stopped the run (labels "
+    if not (np.all(np.diff(tail) > 0) and tail[-1] > DRIFT_MIN_CHANGE):
+        return None
+    return ("Self2Seg: the mask was still drifting when max_outer stopped the run (labels "
             f"changed {', '.join(f'{100 * x:.1f} %' for x in tail)} of the pixels in the last "
             f"{DRIFT_RUN} iterations, more each time): one expert may be explaining both "
             "regions (e.g. a background that is not flat). An earlier iterate may be better "
             "(the same key with a smaller max_outer returns one; the change was smallest after "
             f"iteration {int(np.argmin(c)) + 1}); a larger lam or mu, or constant experts "
-            "(fg_expert='constant', plain Chan-Vese), hold the mask.",
-            RuntimeWarning, stacklevel=3)
+            "(fg_expert='constant', plain Chan-Vese), hold the mask.")
+
+
+def check_drift(changes, status: str) -> None:
+    """Warn (``RuntimeWarning``) with :func:`drift_message` when the run was drifting."""
+    msg = drift_message(changes, status)
+    if msg is not None:
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 def check_pd_cap(pd_iters, config: Self2SegConfig) -> None:

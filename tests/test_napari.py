@@ -178,3 +178,25 @@ def test_auto_lambda_from_the_form_reaches_the_run(make_napari_viewer, qtbot):
     _wait(qtbot, w)
     assert w.last_result.lam in lam_auto.LAM_GRID
     assert f"λ {w.last_result.lam:g} (auto)" in str(w._status.value)
+
+
+def test_a_drifting_run_is_a_warning_notification(make_napari_viewer, qtbot, monkeypatch):
+    """The drift warning reaches the user from the worker thread: a notification and the
+    status line (the rule itself is tested in test_api; here it is made to fire)."""
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    img, _ = _blob()
+    w = _widget_on(viewer, img)
+    calls = []
+    from self2seg_jax import api
+
+    monkeypatch.setattr(api, "drift_message",
+                        lambda changes, status: calls.append((list(changes), status)) or "drift!")
+    shown = []
+    monkeypatch.setattr(notification_manager, "dispatch", lambda n: shown.append(n))
+    w.run()
+    _wait(qtbot, w)
+    assert calls and calls[-1][1] == w.last_result.status  # (finish() asks too)
+    assert str(w._status.value).startswith("done") and "drifting" in str(w._status.value)
+    assert any("drift!" in str(getattr(n, "message", n)) for n in shown)

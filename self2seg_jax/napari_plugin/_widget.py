@@ -280,3 +280,11 @@ class Self2SegWidget(widgets.Container):
         chosen = f", λ {res.lam:g} (auto)" if self.config().lam == "auto" else ""
         self._status.value = (f"done: {res.num_outer} outer iterations ({res.status}){chosen}, "
                               f"foreground {float(res.mask.mean()):.1%}")
+        from self2seg_jax import api
+
+        drift = api.drift_message(res.mask_changes, res.status)
+        if drift is not None:  # warnings of the worker thread would only reach stderr
+            from napari.utils.notifications import show_warning
+
+            show_warning(drift)
+            self._status.value += " — the mask was drifting (see the warning)"
