@@ -1,9 +1,10 @@
 """`self2seg segment` as a user runs it: whole-process wall time on the 128^2 comparison patch
-(σ = 30, noise seed 0) with a cold persistent compilation cache, then a warm one, then with
-``--no-compile-cache`` — three fresh processes, side by side. Writes
-``results/cli_cache.json``.
+(σ = 30, noise seed 0) with a cold persistent compilation cache, then a warm one, with and
+without the export cache (``SELF2SEG_EXPORT_CACHE=0``: the programs are traced and lowered
+again, only their compilation is cached), then with ``--no-compile-cache`` — fresh processes,
+side by side; the warm runs alternate ``--repeat`` times. Writes ``results/cli_cache.json``.
 
-    python benchmarks/bench_cli_cache.py
+    python benchmarks/bench_cli_cache.py --repeat 3
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from self2seg_jax import provenance
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3, help="alternating warm runs of each kind")
+    args = ap.parse_args(argv)
     img, gt = s2s.data.load_sample(crop=(256, 128, 384, 256))
     noisy = s2s.data.add_gaussian_noise(0, img, 30.0)
     rows = []
@@ -34,13 +40,17 @@ def main() -> int:
         tifffile.imwrite(tmp / "patch.tif", noisy.astype(np.float32))
         tifffile.imwrite(tmp / "gt.tif", gt.astype(np.uint8))
         env = dict(os.environ, SELF2SEG_CACHE_DIR=str(tmp / "cache"), MPLBACKEND="Agg")
-        for name, extra in (("cold_cache", []), ("warm_cache", []),
-                            ("no_cache", ["--no-compile-cache"])):
+        no_export = {"SELF2SEG_EXPORT_CACHE": "0"}
+        runs = [("cold_cache", [], {}), ("cold_cache_no_export", [], no_export)]
+        for i in range(args.repeat):
+            runs += [(f"warm_cache_{i}", [], {}), (f"warm_cache_no_export_{i}", [], no_export)]
+        runs.append(("no_cache", ["--no-compile-cache"], {}))
+        for name, extra, more_env in runs:
             t = time.perf_counter()
             p = subprocess.run([sys.executable, "-m", "self2seg_jax.cli", "segment",
                                 str(tmp / "patch.tif"), "--gt", str(tmp / "gt.tif"), "-o",
-                                str(tmp / name), "--quiet", *extra], env=env,
-                               capture_output=True, text=True)
+                                str(tmp / name), "--quiet", *extra],
+                               capture_output=True, text=True, env={**env, **more_env})
             wall = time.perf_counter() - t
             if p.returncode != 0:
                 rows.append({"run": name, "error": p.stderr[-800:]})
@@ -52,8 +62,15 @@ def main() -> int:
                          "cache_hits": rep["timings"].get("cache_hits"),
                          "dice": rep.get("dice", rep.get("metrics", {}).get("dice"))})
             print(json.dumps(rows[-1]), flush=True)
-    out = {"rows": rows, "machine": provenance.provenance(ROOT),
-           "command": "python benchmarks/bench_cli_cache.py"}
+    summary = {}
+    for kind in ("warm_cache", "warm_cache_no_export"):
+        vals = [r for r in rows if r["run"].rsplit("_", 1)[0] == kind and "error" not in r]
+        if vals:
+            summary[kind] = {k: round(float(np.median([r[k] for r in vals])), 2)
+                             for k in ("process_wall_s", "segment_s")}
+    print(json.dumps(summary), flush=True)
+    out = {"rows": rows, "median": summary, "machine": provenance.provenance(ROOT),
+           "command": "python benchmarks/bench_cli_cache.py " + " ".join(argv or sys.argv[1:])}
     (ROOT / "benchmarks" / "results" / "cli_cache.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0
 

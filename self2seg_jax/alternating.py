@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from self2seg_jax import energy, experts, pdhg, progress
+from self2seg_jax import aot, energy, experts, pdhg, progress
 
 RUNNING, CONVERGED, ENERGY_RULE, MAX_OUTER, NONFINITE, DEGENERATE = 0, 1, 2, 3, 4, 5
 STATUS_NAMES = {
@@ -341,7 +341,9 @@ def drive(s: State, step: Callable[[State], State]):
 def states(key, f, w0, labels0, hyper: Hyper, spec: Spec):
     """:func:`drive` over the compiled :func:`outer_step` from the initial state of
     :func:`run`: the state after each outer iteration; returns the final state."""
-    return drive(_init_jit(key, f, w0, labels0, spec), lambda s: _step_jit(s, f, hyper, spec))
+    st = {"spec": spec}
+    s0 = aot.call(_init_jit, "alternating.init_state", st, key, f, w0, labels0)
+    return drive(s0, lambda s: aot.call(_step_jit, "alternating.outer_step", st, s, f, hyper))
 
 
 def events(gen):

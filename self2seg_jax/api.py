@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from self2seg_jax import alternating, experts, initialisation
+from self2seg_jax import alternating, aot, experts, initialisation
 from self2seg_jax import progress as _progress
 from self2seg_jax.config import Self2SegConfig
 
@@ -420,8 +420,9 @@ def run_prepared(p: Prepared, config: Self2SegConfig, callback: Callable | None 
         return alternating.run_from_w_step(*first, f, config.hyper(), p.spec), config
     args = (p.k_run, f, jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
             config.hyper(), p.spec)
-    return (alternating.run(*args) if callback is None
-            else alternating.iterate(*args, callback)), config
+    if callback is not None:
+        return alternating.iterate(*args, callback), config
+    return aot.call(alternating.run, "alternating.run", {"spec": p.spec}, *args[:-1]), config
 
 
 def finish(state: alternating.State, p: Prepared, config: Self2SegConfig) -> Self2SegResult:

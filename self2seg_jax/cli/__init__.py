@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     from self2seg_jax.cli import run
 
     try:
-        return run.cmd_segment(args) if args.command == "segment" else run.cmd_demo(args)
+        with run.export_cache_restored():
+            return run.cmd_segment(args) if args.command == "segment" else run.cmd_demo(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return run.EXIT_INTERRUPTED

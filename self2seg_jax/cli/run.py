@@ -66,10 +66,29 @@ def cache_dir() -> Path:
     return Path(base) / "self2seg_jax" / "jax"
 
 
+@contextlib.contextmanager
+def export_cache_restored():
+    """Restore the export cache's folder (:mod:`self2seg_jax.aot`) after a command: the CLI
+    turns it on for its process; called in-process (tests, notebooks) it must not stay on."""
+    from self2seg_jax import aot
+
+    before = aot.folder()
+    try:
+        yield
+    finally:
+        if before is None:
+            aot.disable()
+        else:
+            aot.enable(before)
+
+
 def use_compile_cache(args) -> None:
     """Turn on JAX's persistent compilation cache (every compiled program is written, so a
-    later process with same-shape inputs loads instead of compiling); ``--no-compile-cache``
-    leaves it off. An unusable folder only costs the cache, never the run."""
+    later process with same-shape inputs loads instead of compiling) and the export cache in
+    its ``exported`` subfolder (:mod:`self2seg_jax.aot`: the scheme's programs serialised, so
+    such a process does not trace them either; ``SELF2SEG_EXPORT_CACHE=0`` leaves that one
+    off); ``--no-compile-cache`` leaves both off. An unusable folder only costs the cache,
+    never the run."""
     if not getattr(args, "compile_cache", True):
         return
     import jax
@@ -83,6 +102,13 @@ def use_compile_cache(args) -> None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if os.environ.get("SELF2SEG_EXPORT_CACHE", "1") != "0":  # skip tracing too (self2seg_jax.aot)
+        from self2seg_jax import aot
+
+        try:
+            aot.enable(path / "exported")
+        except OSError as e:
+            log(args, f"warning: export cache disabled ({path / 'exported'}: {e.strerror or e})")
 
 
 def read(path: Path, what: str | None = None, allow_nd: bool = False):

@@ -1,0 +1,122 @@
+"""The export cache (``self2seg_jax.aot``): exported programs on disk give the same results as
+the traced ones, are keyed by everything that decides them, survive a fresh load, and fall back
+to the traced call when a file is unusable or a program cannot be exported."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import self2seg_jax as s2s
+from self2seg_jax import aot
+
+
+@pytest.fixture
+def export_dir(tmp_path):
+    aot.enable(tmp_path / "exported")
+    try:
+        yield tmp_path / "exported"
+    finally:
+        aot.disable()
+        aot._state["loaded"].clear()
+        aot._state["failed"].clear()
+
+
+def _files(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def _same(a, b):
+    for name in ("labels", "energies", "mask_changes", "denoised", "probabilities"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.num_outer == b.num_outer and a.status == b.status
+
+
+def test_off_by_default_and_a_plain_pass_through():
+    assert aot.folder() is None
+    assert aot.call(lambda x, *, k: x * k, "f", {"k": 3}, jnp.ones(2)).tolist() == [3.0, 3.0]
+
+
+def test_exported_runs_equal_traced_runs_and_survive_a_fresh_load(export_dir, blob32,
+                                                                  tiny_n2f_config):
+    img, _ = blob32
+    cfg = tiny_n2f_config.replace(max_outer=2)
+    ref = s2s.segment(jax.random.key(0), img, config=cfg)  # exported, then called
+    aot.disable()
+    plain = s2s.segment(jax.random.key(0), img, config=cfg)  # traced
+    aot.enable(export_dir)
+    _same(ref, plain)
+    files = _files(export_dir)
+    assert len(files) == 1 and files[0].endswith(".jaxexport")  # alternating.run
+    aot._state["loaded"].clear()  # as a new process: read back from disk
+    _same(s2s.segment(jax.random.key(0), img, config=cfg), plain)
+    events = []
+    stepped = s2s.segment(jax.random.key(0), img, config=cfg, progress=events.append)
+    assert len(_files(export_dir)) == 3  # + init_state and outer_step (the progress path)
+    aot._state["loaded"].clear()
+    again = s2s.segment(jax.random.key(0), img, config=cfg, progress=events.append)
+    _same(stepped, again)
+    _same(stepped, plain)
+    assert not [p for p in export_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_key_follows_shapes_statics_and_source():
+    spec = s2s.Self2SegConfig().spec()
+    x = (jnp.zeros((8, 8)), {"a": jnp.zeros(3, jnp.int32)})
+    k = aot.program_key("f", {"spec": spec}, x)
+    assert k == aot.program_key("f", {"spec": spec}, (jnp.ones((8, 8)), {"a": jnp.ones(3, jnp.int32)}))
+    assert k != aot.program_key("g", {"spec": spec}, x)
+    assert k != aot.program_key("f", {"spec": spec}, (jnp.zeros((8, 9)), x[1]))
+    assert k != aot.program_key("f", {"spec": spec}, (x[0], {"a": jnp.zeros(3, jnp.float32)}))
+    assert k != aot.program_key("f", {"spec": spec}, (x[0], {"b": x[1]["a"]}))
+    other = s2s.Self2SegConfig(net_width=16).spec()
+    assert k != aot.program_key("f", {"spec": other}, x)
+    assert len(aot.source_digest()) == 64
+
+
+def test_unusable_file_and_unexportable_programs_fall_back(export_dir):
+    f = jax.jit(lambda x, *, k: jnp.sin(x) * k, static_argnames="k")
+    x = jnp.linspace(0.0, 1.0, 5)
+    want = np.asarray(f(x, k=2.0))
+    np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, x), want)
+    (path,) = export_dir.iterdir()
+    path.write_bytes(b"not a program")  # corrupt: rebuilt, same result
+    aot._state["loaded"].clear()
+    np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, x), want)
+    assert path.read_bytes() != b"not a program"
+
+    def with_callback(x):  # host callbacks cannot be exported: traced call instead
+        return jax.pure_callback(lambda a: np.asarray(a) + 1, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    np.testing.assert_array_equal(aot.call(with_callback, "cb", {}, x), np.asarray(x) + 1)
+    assert len(list(export_dir.iterdir())) == 1
+
+
+def test_training_reports_bypass_the_cache(export_dir, blob32, tiny_n2f_config):
+    spec = tiny_n2f_config.replace(progress_training=True).spec()
+    assert spec.train.report and not aot.exportable(spec)
+    assert aot.exportable(tiny_n2f_config.spec())
+
+
+
+def test_cli_writes_exported_programs_and_leaves_the_library_setting_alone(tmp_path, monkeypatch,
+                                                                             capfd, make_blob):
+    import tifffile
+    from cli_helpers import run
+
+    monkeypatch.setenv("SELF2SEG_CACHE_DIR", str(tmp_path / "cache"))
+    img, _ = make_blob(0, 32, 0.1)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    const = ["--fg-expert", "constant", "--bg-expert", "constant", "--max-outer", "2",
+             "--no-init-denoise", "--quiet"]
+    rc, _, err = run(["segment", tmp_path / "img.tif", "-o", tmp_path / "out", *const], capfd)
+    assert rc == 0, err
+    assert aot.folder() is None  # restored after the in-process command
+    assert len(list((tmp_path / "cache" / "exported").glob("*.jaxexport"))) >= 1
+    monkeypatch.setenv("SELF2SEG_EXPORT_CACHE", "0")
+    monkeypatch.setenv("SELF2SEG_CACHE_DIR", str(tmp_path / "cache2"))
+    rc, _, err = run(["segment", tmp_path / "img.tif", "-o", tmp_path / "out2", *const], capfd)
+    assert rc == 0, err
+    assert not (tmp_path / "cache2" / "exported").exists()
