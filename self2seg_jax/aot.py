@@ -10,7 +10,8 @@ call it, and its compilation is then found in the persistent compilation cache.
 
 The key covers everything that decides the program: the function, its static arguments (the
 scheme's :class:`~self2seg_jax.alternating.Spec`), the shapes, dtypes and tree structure of its
-array arguments, the JAX/jaxlib versions, the backend and device kind, the x64 flag, and a digest
+array arguments, the JAX/jaxlib versions, the backend and device kind, the x64 and default
+matmul-precision settings (they change what is lowered), and a digest
 of this package's source files — so an upgrade or an edited checkout never meets a stale
 program. A file that cannot be read, or a program that cannot be exported (host callbacks,
 sharding constraints), falls back to the ordinary traced call; results are the same either way
@@ -78,7 +79,8 @@ def program_key(name: str, static: dict, args: tuple) -> str:
     dev = jax.devices()[0]
     parts = (name, repr(sorted(static.items())), str(tree), [_aval(x) for x in leaves],
              jax.__version__, jaxlib.__version__, jax.default_backend(),
-             getattr(dev, "device_kind", ""), bool(jax.config.jax_enable_x64), source_digest())
+             getattr(dev, "device_kind", ""), bool(jax.config.jax_enable_x64),
+             str(jax.config.jax_default_matmul_precision), source_digest())
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
