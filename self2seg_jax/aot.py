@@ -142,8 +142,14 @@ def call(fn: Callable, name: str, static: dict, *args):
             _state["failed"].add(key)
             return fn(*args, **static)
     if len(hit) == 2:  # one jitted caller per program: later calls skip lowering it again
-        hit = (jax.jit(hit[0].call), hit[1], True)
-        _state["loaded"][key] = hit
+        caller = jax.jit(hit[0].call)
+        try:  # a program read back that cannot run here: the traced call instead
+            out = caller(*leaves)
+        except Exception:
+            _state["failed"].add(key)
+            return fn(*args, **static)
+        _state["loaded"][key] = (caller, hit[1], True)
+        return jax.tree.unflatten(hit[1], out)
     caller, out_tree, _ = hit
     return jax.tree.unflatten(out_tree, caller(*leaves))
 

@@ -86,6 +86,12 @@ def test_unusable_file_and_unexportable_programs_fall_back(export_dir):
     aot._state["loaded"].clear()
     np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, x), want)
     assert path.read_bytes() != b"not a program"
+    y = jnp.linspace(0.0, 1.0, 6)  # a readable program that cannot take these arguments
+    other = export_dir / f"{aot.program_key('sin', {'k': 2.0}, (y,))}.jaxexport"
+    other.write_bytes(path.read_bytes())
+    aot._state["loaded"].clear()
+    np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, y), np.asarray(f(y, k=2.0)))
+    other.unlink()
 
     def with_callback(x):  # host callbacks cannot be exported: traced call instead
         return jax.pure_callback(lambda a: np.asarray(a) + 1, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
