@@ -9,6 +9,7 @@ side by side; the warm runs alternate ``--repeat`` times. Writes ``results/cli_c
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -27,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="alternating warm runs of each kind")
     args = ap.parse_args(argv)

@@ -127,31 +127,32 @@ def call(fn: Callable, name: str, static: dict, *args):
     if key in _state["failed"]:
         return fn(*args, **static)
     leaves = jax.tree.leaves(args)
-    hit = _state["loaded"].get(key)
+    if key in _state["loaded"]:  # (jitted caller, output tree) of a program already run here
+        caller, out_tree = _state["loaded"][key]
+        return jax.tree.unflatten(out_tree, caller(*leaves))
     path = d / f"{key}.jaxexport"
-    if hit is None and path.exists():
+    prog = None
+    if path.exists():
         try:
-            hit = _load(path)
+            prog = _load(path)
         except Exception:  # unreadable or from an incompatible version: rebuild it
-            hit = None
-    if hit is None:
+            prog = None
+    if prog is None:
         try:
-            hit = _export(fn, static, args)
-            _save(path, *hit)
+            prog = _export(fn, static, args)
+            _save(path, *prog)
         except Exception:
             _state["failed"].add(key)
             return fn(*args, **static)
-    if len(hit) == 2:  # one jitted caller per program: later calls skip lowering it again
-        caller = jax.jit(hit[0].call)
-        try:  # a program read back that cannot run here: the traced call instead
-            out = caller(*leaves)
-        except Exception:
-            _state["failed"].add(key)
-            return fn(*args, **static)
-        _state["loaded"][key] = (caller, hit[1], True)
-        return jax.tree.unflatten(hit[1], out)
-    caller, out_tree, _ = hit
-    return jax.tree.unflatten(out_tree, caller(*leaves))
+    exported, out_tree = prog
+    caller = jax.jit(exported.call)  # one jitted caller per program: later calls skip lowering
+    try:  # a program that cannot run here (e.g. read back from a mismatched file): traced call
+        out = caller(*leaves)
+    except Exception:
+        _state["failed"].add(key)
+        return fn(*args, **static)
+    _state["loaded"][key] = (caller, out_tree)
+    return jax.tree.unflatten(out_tree, out)
 
 
 def _export(fn: Callable, static: dict, args: tuple):
