@@ -311,9 +311,11 @@ def run_from_w_step(s0: State, ws: WStep, f, hyper: Hyper, spec: Spec) -> State:
 def states_from_w_step(s0: State, ws: WStep, f, hyper: Hyper, spec: Spec):
     """:func:`states` from the output of :func:`first_w_step`: the state after each outer
     iteration; returns the final state."""
-    s = _u_jit(s0, ws, f, hyper, spec)
+    st = {"spec": spec}
+    s = aot.call(_u_jit, "alternating.u_step", st, s0, ws, f, hyper)
     yield s
-    return (yield from drive(s, lambda c: _step_jit(c, f, hyper, spec)))
+    return (yield from drive(s, lambda c: aot.call(_step_jit, "alternating.outer_step", st, c, f,
+                                                   hyper)))
 
 
 def iterate(key, f, w0, labels0, hyper: Hyper, spec: Spec,

@@ -7,6 +7,9 @@ look the executable up: about 2 s for the default scheme on a 2-core CPU, most o
 cache on, the first call of a program for a given signature serialises it
 (:func:`jax.export.export`) to ``<folder>/<key>.jaxexport``; later processes deserialise it and
 call it, and its compilation is then found in the persistent compilation cache.
+Routed through it: :func:`self2seg_jax.alternating.run` (``api.run_prepared``), the progress
+path's ``init_state`` / ``outer_step``, and ``lam="auto"``'s ``first_w_step``, ``scale_of``,
+``run_from_w_step`` and ``u_step``. Not: runs sharded over several devices.
 
 The key covers everything that decides the program: the function, its static arguments (the
 scheme's :class:`~self2seg_jax.alternating.Spec`), the shapes, dtypes and tree structure of its

@@ -388,10 +388,11 @@ def _auto_first_step(p: Prepared, config: Self2SegConfig):
     from self2seg_jax import lam_auto
 
     hyper = config.replace(lam=lam_auto.LAM_GRID[0]).hyper()  # the W-step ignores lam
-    f = jnp.asarray(p.f)
-    first = alternating.first_w_step(p.k_run, f, jnp.asarray(p.start.weights),
-                                     jnp.asarray(p.start.labels), hyper, p.spec)
-    return config.replace(lam=lam_auto.choose(lam_auto.scale_of(first[1], f, p.spec))), first
+    f, st = jnp.asarray(p.f), {"spec": p.spec}
+    first = aot.call(alternating.first_w_step, "alternating.first_w_step", st, p.k_run, f,
+                     jnp.asarray(p.start.weights), jnp.asarray(p.start.labels), hyper)
+    sigma = aot.call(lam_auto.scale_of, "lam_auto.scale_of", st, first[1], f)
+    return config.replace(lam=lam_auto.choose(sigma)), first
 
 
 def _scheme_states(p: Prepared, config: Self2SegConfig):
@@ -417,7 +418,8 @@ def run_prepared(p: Prepared, config: Self2SegConfig, callback: Callable | None 
     f = jnp.asarray(p.f)
     if config.lam == "auto":
         config, first = _auto_first_step(p, config)
-        return alternating.run_from_w_step(*first, f, config.hyper(), p.spec), config
+        return aot.call(alternating.run_from_w_step, "alternating.run_from_w_step",
+                        {"spec": p.spec}, *first, f, config.hyper()), config
     args = (p.k_run, f, jnp.asarray(p.start.weights), jnp.asarray(p.start.labels),
             config.hyper(), p.spec)
     if callback is not None:
@@ -442,14 +444,7 @@ def resolve_lam(p: Prepared, config: Self2SegConfig) -> Self2SegConfig:
     several devices, a "space" mesh): the run recomputes it and equals the fixed-``lam`` run
     with the chosen value. :func:`run_prepared` goes on from it instead. Other configs are
     returned as they are."""
-    if config.lam != "auto":
-        return config
-    from self2seg_jax import lam_auto
-
-    hyper = config.replace(lam=lam_auto.LAM_GRID[0]).hyper()  # the W-step ignores lam
-    sigma = lam_auto.first_step_scale(p.k_run, jnp.asarray(p.f), jnp.asarray(p.start.weights),
-                                      jnp.asarray(p.start.labels), hyper, p.spec)
-    return config.replace(lam=lam_auto.choose(sigma))
+    return config if config.lam != "auto" else _auto_first_step(p, config)[0]
 
 
 segment_multiclass = segment  # the 0.1 name of the multi-class entry point (same function)

@@ -62,6 +62,29 @@ def test_exported_runs_equal_traced_runs_and_survive_a_fresh_load(export_dir, bl
     assert not [p for p in export_dir.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_lam_auto_goes_through_exported_programs_with_the_same_results(export_dir, blob32,
+                                                                         tiny_n2f_config):
+    img, _ = blob32
+    cfg = tiny_n2f_config.replace(max_outer=2, lam="auto")
+    ref = s2s.segment(jax.random.key(1), img, config=cfg)
+    names = set(_files(export_dir))
+    assert len(names) == 3  # first_w_step, scale_of, run_from_w_step
+    aot.disable()
+    plain = s2s.segment(jax.random.key(1), img, config=cfg)
+    aot.enable(export_dir)
+    _same(ref, plain)
+    assert ref.lam == plain.lam
+    aot._state["loaded"].clear()  # a new process: every program read back from disk
+    again = s2s.segment(jax.random.key(1), img, config=cfg)
+    _same(again, plain)
+    assert set(_files(export_dir)) == names  # nothing traced and exported again
+    stepped = s2s.segment(jax.random.key(1), img, config=cfg, progress=lambda e: None)
+    assert len(_files(export_dir)) == 5  # + u_step and outer_step (the progress path)
+    aot._state["loaded"].clear()
+    _same(s2s.segment(jax.random.key(1), img, config=cfg, progress=lambda e: None), stepped)
+    assert stepped.lam == plain.lam
+
+
 def test_key_follows_shapes_statics_and_source():
     spec = s2s.Self2SegConfig().spec()
     x = (jnp.zeros((8, 8)), {"a": jnp.zeros(3, jnp.int32)})
