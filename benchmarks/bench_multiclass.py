@@ -15,11 +15,8 @@ Prints one JSON line per measurement; ``--out FILE`` also writes them as a JSON 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -27,18 +24,15 @@ import jax
 import numpy as np
 
 import self2seg_jax as s2s
+from self2seg_jax.provenance import run_record
 
 HERE = Path(__file__).resolve().parent
 
 
-def run_info() -> dict:
-    """This run's command line, date and load average, and the library's provenance record
-    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
-    from self2seg_jax.provenance import provenance
 
-    return {"command": "python " + shlex.join(sys.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
+def run_info() -> dict:
+    """This run's command, date, load average and provenance (``machine``)."""
+    return run_record(HERE)
 
 
 def _timed(fn, reps: int = 2):

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,17 +24,15 @@ import numpy as np
 
 import self2seg_jax as s2s
 from self2seg_jax import alternating, experts, pdhg
-from self2seg_jax.provenance import provenance
+from self2seg_jax.provenance import run_record
 
 HERE = Path(__file__).resolve().parent
 
 
+
 def run_info() -> dict:
-    """This run's command line, date and load average, and the library's provenance record
-    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
-    return {"command": "python " + shlex.join(sys.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
+    """This run's command, date, load average and provenance (``machine``)."""
+    return run_record(HERE)
 
 
 def _image(size: int, seed: int = 0) -> np.ndarray:

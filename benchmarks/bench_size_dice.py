@@ -55,8 +55,7 @@ def main(argv=None) -> int:
                               f"mean_diff_to_{base}": round(float((d - b).mean()), 4)}
     print(json.dumps(summary))
     args.out.write_text(json.dumps({"rows": rows, "summary": summary,
-                                    "machine": provenance.provenance(ROOT),
-                                    "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:]))},
+                                    **provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))},
                                    indent=1) + "\n")
     return 0
 

@@ -103,8 +103,7 @@ def main(argv=None) -> int:
     (args.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "summary.json").write_text(json.dumps(
         {"summary": summary, "crop_batch": args.crop_batch,
-         "machine": provenance.provenance(ROOT),
-         "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:]))},
+         **provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))},
         indent=1) + "\n")
     return 0
 

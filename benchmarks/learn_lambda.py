@@ -22,11 +22,7 @@ re-solved. Prints a JSON summary.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -37,19 +33,17 @@ import optax
 
 import self2seg_jax as s2s
 from self2seg_jax import api
-from self2seg_jax.provenance import provenance
+from self2seg_jax.provenance import run_record
 
 HERE = Path(__file__).resolve().parent
 QUICK = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20, train_patience=20,
              n_average=2)
 
 
+
 def run_info() -> dict:
-    """This run's command line, date and load average, and the library's provenance record
-    (versions, device, CPU, cores, git commit and clean-tree flag) as ``machine``."""
-    return {"command": "python " + shlex.join(sys.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "load_average": list(os.getloadavg()), "machine": provenance(HERE)}
+    """This run's command, date, load average and provenance (``machine``)."""
+    return run_record(HERE)
 
 
 def soft_dice(u, gt):

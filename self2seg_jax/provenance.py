@@ -56,3 +56,16 @@ def versions() -> dict:
 def provenance(path=None) -> dict:
     """Everything above: versions, device, CPU model and core count, git commit and state."""
     return {**versions(), "cpu": cpu_model(), "cores": os.cpu_count(), **git_state(path)}
+
+
+def run_record(path=None, argv=None) -> dict:
+    """What a benchmark writes beside its figures: the command line (``argv``, default
+    ``sys.argv``), the UTC date, the load average (timings under load are not comparable) and
+    :func:`provenance` of ``path``'s checkout as ``machine``."""
+    import datetime
+    import shlex
+    import sys
+
+    return {"command": "python " + shlex.join(sys.argv if argv is None else argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()), "machine": provenance(path)}

@@ -46,6 +46,14 @@ def test_provenance_fields():
     assert set(p) >= {"commit", "clean"}
 
 
+def test_run_record_names_the_command_load_and_machine():
+    r = P.run_record(ROOT, ["bench.py", "--size", "a b"])
+    assert r["command"] == "python bench.py --size 'a b'"  # shell-quoted: runnable as written
+    assert len(r["load_average"]) == 3 and all(x >= 0 for x in r["load_average"])
+    assert r["machine"]["commit"] == P.git_state(ROOT)["commit"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["date"])
+
+
 @needs_git
 def test_provenance_of_this_checkout():
     if not (ROOT / ".git").exists():
