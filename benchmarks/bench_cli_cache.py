@@ -5,6 +5,7 @@ again, only their compilation is cached), then with ``--no-compile-cache`` — f
 side by side; the warm runs alternate ``--repeat`` times. Writes ``results/cli_cache.json``.
 
     python benchmarks/bench_cli_cache.py --repeat 3
+    python benchmarks/bench_cli_cache.py --repeat 3 --lam auto   # -> results/cli_cache_lam_auto.json
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="alternating warm runs of each kind")
+    ap.add_argument("--lam", default=None, help="--lam for every run (default: the CLI's)")
     args = ap.parse_args(argv)
     img, gt = s2s.data.load_sample(crop=(256, 128, 384, 256))
     noisy = s2s.data.add_gaussian_noise(0, img, 30.0)
-    rows = []
+    rows, lam = [], ([] if args.lam is None else ["--lam", args.lam])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tifffile.imwrite(tmp / "patch.tif", noisy.astype(np.float32))
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             p = subprocess.run([sys.executable, "-m", "self2seg_jax.cli", "segment",
                                 str(tmp / "patch.tif"), "--gt", str(tmp / "gt.tif"), "-o",
-                                str(tmp / name), "--quiet", *extra],
+                                str(tmp / name), "--quiet", *extra, *lam],
                                capture_output=True, text=True, env={**env, **more_env})
             wall = time.perf_counter() - t
             if p.returncode != 0:
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
     print(json.dumps(summary), flush=True)
     out = {"rows": rows, "median": summary, "machine": provenance.provenance(ROOT),
            "command": "python benchmarks/bench_cli_cache.py " + " ".join(argv or sys.argv[1:])}
-    (ROOT / "benchmarks" / "results" / "cli_cache.json").write_text(json.dumps(out, indent=1) + "\n")
+    name = "cli_cache.json" if args.lam is None else f"cli_cache_lam_{args.lam}.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 
