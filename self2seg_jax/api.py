@@ -253,9 +253,11 @@ def segment(
         ``volume=True``) or ``(z, y, x, L)`` (both), any real dtype; scaled (over all channels) to
         ``[0, 1]`` inside as ``config.normalise`` says. A 3-axis array is never guessed.
       init: ``"otsu"`` (Otsu / multi-level Otsu of the image — of its Noise2Fast-denoised
-        version with ``config.init_denoise``; colour: of its first principal component), a
-        threshold in ``(0, 1)`` on the normalised image (two classes), a boolean mask or
-        integer label image, :class:`Boxes` (two classes, 2-D) or :class:`ClassBoxes`.
+        version with ``config.init_denoise``; colour: of its first principal component; the
+        foreground is the brighter side), ``"otsu_dark"`` (the same for objects darker than
+        their background: the classes in reverse order), a threshold in ``(0, 1)`` on the
+        normalised image (two classes), a boolean mask or integer label image, :class:`Boxes`
+        (two classes, 2-D) or :class:`ClassBoxes`.
       config: :class:`Self2SegConfig`.
       num_classes: ``C >= 2`` (default 2; paper eq. (13) for more); class 0 is the background.
       channel_axis: axis of ``image`` holding colour / channels.

@@ -212,15 +212,22 @@ def box_weights(init: Boxes | ClassBoxes, shape, num_classes: int) -> np.ndarray
 # ----------------------------------------------------------------------------------------
 
 
+#: The threshold starts by name: foreground brighter ("otsu") or darker ("otsu_dark").
+OTSU_INITS = ("otsu", "otsu_dark")
+
+
 def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
           denoise: Callable | None) -> Start:
     """Resolve ``init`` for the normalised image ``f`` (``(*s)`` or channel-first ``(L, *s)``).
 
     Args:
       key: PRNG key handed to ``denoise``.
-      init: ``"otsu"`` (multi-level for ``C > 2``), a threshold in ``(0, 1)`` (two classes), a
-        boolean / 0-1 mask (two classes) or integer label image, :class:`Boxes` (two classes,
-        2-D) or :class:`ClassBoxes`.
+      init: ``"otsu"`` (multi-level for ``C > 2``; the foreground is the brighter class, class
+        ``k`` brighter than class ``k - 1``), ``"otsu_dark"`` (the same thresholds, the order
+        reversed: the foreground is the darker class, the background the brightest), a
+        threshold in ``(0, 1)`` (two classes, foreground brighter), a boolean / 0-1 mask (two
+        classes) or integer label image, :class:`Boxes` (two classes, 2-D) or
+        :class:`ClassBoxes`.
       denoise: ``(key, f) -> g`` image to threshold instead of ``f`` (None: ``f`` itself).
     """
     spatial = f.shape[f.ndim - ndim:]
@@ -230,9 +237,10 @@ def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
         labels = np.where(w.any(axis=0), np.argmax(w, axis=0), 0).astype(np.int32)
         return Start(w.astype(np.float32), labels)
     if isinstance(init, str):
-        if init != "otsu":
-            raise ValueError(f"unknown init {init!r}: use 'otsu', a threshold in (0, 1), a mask or "
-                             "label image, Boxes or ClassBoxes")
+        if init not in OTSU_INITS:
+            raise ValueError(f"unknown init {init!r}: use 'otsu' (bright objects), 'otsu_dark' "
+                             "(dark objects), a threshold in (0, 1), a mask or label image, "
+                             "Boxes or ClassBoxes")
         g = _to_threshold(key, f, ndim, denoise)
         if c == 2:
             labels = (g > otsu_threshold(g)).astype(np.int32)
@@ -240,6 +248,9 @@ def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
         else:
             labels = np.digitize(g, multiotsu_thresholds(g, c), right=True).astype(np.int32)
             name = f"multi-level Otsu start ({c} classes)"
+        if init == "otsu_dark":
+            labels = (c - 1 - labels).astype(np.int32)
+            name += " (dark objects)"
     elif isinstance(init, (bool, np.bool_)) or init is None:
         raise ValueError(f"unknown init {init!r}: use 'otsu', a threshold in (0, 1), a mask or "
                          "label image, Boxes or ClassBoxes")

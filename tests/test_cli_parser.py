@@ -255,6 +255,8 @@ def test_toml_init_is_relative_to_the_toml_file(tmp_path):
     assert extra["init"] == str(sub / "start.tif")
     (sub / "b.toml").write_text('init = "otsu"\n')
     assert _config(["segment", "x.tif", "-o", "o", "--config", sub / "b.toml"])[1]["init"] == "otsu"
+    (sub / "d.toml").write_text('init = "otsu_dark"\n')  # a start by name, not a file
+    assert _config(["segment", "x.tif", "-o", "o", "--config", sub / "d.toml"])[1]["init"] == "otsu_dark"
     (sub / "c.toml").write_text('init = "0.3"\n')  # a threshold written as a string stays one
     assert _config(["segment", "x.tif", "-o", "o", "--config", sub / "c.toml"])[1]["init"] == "0.3"
 

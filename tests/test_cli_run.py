@@ -231,14 +231,20 @@ def test_init_options(tmp_path, capfd):
         "boxes": (["--fg-box", "10,10,20,20", "--bg-box", "0,0,5,5", "--bg-box", "26,26,32,32"],
                   {"fg_boxes": [[10, 10, 20, 20]], "bg_boxes": [[0, 0, 5, 5], [26, 26, 32, 32]]}),
     }
+    dark = tmp_path / "dark.tif"  # the same disc, darker than its background
+    tifffile.imwrite(dark, (1.0 - tifffile.imread(img)).astype(np.float32))
+    (tmp_path / "dark.toml").write_text('init = "otsu_dark"\n')
+    cases["dark"] = (["--init", "otsu_dark"], "otsu_dark")
+    cases["dark_toml"] = (["--config", tmp_path / "dark.toml"], "otsu_dark")
     for name, (extra, desc) in cases.items():
         out = tmp_path / name
-        rc, _, err = run(["segment", img, "-o", out, "--quiet"] + CONST + extra, capfd)
+        src = dark if name.startswith("dark") else img
+        rc, _, err = run(["segment", src, "-o", out, "--quiet"] + CONST + extra, capfd)
         assert rc == 0, (name, err)
-        rep = json.loads((out / "img_report.json").read_text())
+        rep = json.loads((out / f"{src.stem}_report.json").read_text())
         assert rep["init"] == desc
         assert rep["seed"] == (7 if name == "toml" else 0)
-        m = tifffile.imread(out / "img_mask.tif")
+        m = tifffile.imread(out / f"{src.stem}_mask.tif")
         assert dice(m, gt) > 0.8, name
     # a mask of the wrong shape names the mask file
     small = tmp_path / "small.npy"

@@ -296,6 +296,22 @@ def test_start_otsu_two_classes(key):
     np.testing.assert_array_equal(s.weights, np.stack([s.labels == 0, s.labels == 1]))
 
 
+def test_start_otsu_dark_makes_the_darker_side_the_foreground(key, rng):
+    """``"otsu_dark"``: the same thresholds as ``"otsu"``, the classes in reverse order."""
+    f, gt = _blob()
+    s = ini.start(key, 1.0 - f, "otsu_dark", num_classes=2, ndim=2, denoise=None)
+    _check_start(s, f.shape, 2)
+    np.testing.assert_array_equal(s.labels, gt)  # the dark disc of the inverted image
+    bright = ini.start(key, 1.0 - f, "otsu", num_classes=2, ndim=2, denoise=None)
+    np.testing.assert_array_equal(s.labels, 1 - bright.labels)
+    lab = np.repeat(np.arange(3), 8 * 24).reshape(24, 24)
+    g = (0.2 + 0.3 * lab + 0.03 * rng.standard_normal(lab.shape)).astype(np.float32)
+    g = (g - g.min()) / (g.max() - g.min())
+    s3 = ini.start(key, g, "otsu_dark", num_classes=3, ndim=2, denoise=None)
+    np.testing.assert_array_equal(s3.labels, 2 - lab)  # class 0 (background) the brightest
+    np.testing.assert_array_equal(s3.weights.argmax(0), s3.labels)
+
+
 def test_start_otsu_thresholds_the_denoised_image_only_when_given(key):
     """With ``denoise`` the threshold looks at its (normalised) output; without it at ``f``."""
     f, gt = _blob()

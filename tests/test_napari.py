@@ -91,6 +91,18 @@ def test_boxes_from_a_shapes_layer_reach_the_start(make_napari_viewer, qtbot):
     assert init[10:22, 10:22].all() and init.sum() == 12 * 12
 
 
+def test_dark_objects_choice_starts_from_the_darker_side(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, gt = _blob()
+    w = _widget_on(viewer, 1.0 - img)
+    assert w._objects.value == "bright" and "init" not in w._request()[2]
+    w._objects.value = "dark"
+    assert w._request()[2]["init"] == "otsu_dark"
+    w.run()
+    _wait(qtbot, w)
+    assert np.mean(np.asarray(w.last_result.mask) == gt) > 0.95  # the dark disc
+
+
 def test_cancel_stops_a_run(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     img, _ = _blob()

@@ -34,9 +34,9 @@ EPILOG_SEGMENT = """examples:
   self2seg segment bricks.png -o out/ --preset textures --lam 0.06
 
 A --config TOML file holds Self2SegConfig fields at top level, plus optionally 'seed',
-'init' (\"otsu\", a threshold, or a mask file relative to the TOML file), 'fg_box' / 'bg_box'
-(lists of [y0, x0, y1, x1]) and 'preset = "textures"' (or 'paper = true'). Command-line
-options override it, e.g.
+'init' (\"otsu\", \"otsu_dark\", a threshold, or a mask file relative to the TOML file),
+'fg_box' / 'bg_box' (lists of [y0, x0, y1, x1]) and 'preset = "textures"' (or
+'paper = true'). Command-line options override it, e.g.
 
   lam = 0.02
   net_width = 16
@@ -160,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
             "timings, metrics) into OUTDIR."))
     seg.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image file(s)")
     _add_common(seg)
-    gi = seg.add_argument_group("initialisation (default: Otsu)")
+    gi = seg.add_argument_group("initialisation (default: Otsu, bright objects)")
     gi.add_argument("--init", default=None, metavar="INIT",
-                    help="'otsu' (default), a threshold in (0,1) on the normalised image, or a "
-                    "mask file (non-zero = foreground)")
+                    help="'otsu' (default; objects brighter than their background), "
+                    "'otsu_dark' (objects darker than their background), a threshold in (0,1) "
+                    "on the normalised image, or a mask file (non-zero = foreground)")
     gi.add_argument("--fg-box", type=_box, action="append", default=[], metavar="Y0,X0,Y1,X1",
                     help="foreground box (half-open pixel ranges); repeatable")
     gi.add_argument("--bg-box", type=_box, action="append", default=[], metavar="Y0,X0,Y1,X1",
@@ -290,9 +291,11 @@ def _read_toml_options(path: Path) -> tuple[dict, dict]:
             extra["seed"] = v
         elif k == "init":
             if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                raise CLIError(f"{where}: 'init' must be \"otsu\", a threshold or a mask file "
-                               f"name, got {v!r}")
-            if isinstance(v, str) and v != "otsu" and not _is_float(v):
+                raise CLIError(f"{where}: 'init' must be \"otsu\", \"otsu_dark\", a threshold "
+                               f"or a mask file name, got {v!r}")
+            from self2seg_jax.initialisation import OTSU_INITS
+
+            if isinstance(v, str) and v not in OTSU_INITS and not _is_float(v):
                 v = str(Path(path).parent / v)  # relative to the TOML file
             extra["init"] = v
         elif k in ("fg_box", "bg_box"):

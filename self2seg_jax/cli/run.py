@@ -158,7 +158,8 @@ def zarr_layout(args, path: Path, axes: tuple) -> dict:
 
 
 def resolve_init(args, extra):
-    """``(kind, value)``: ``('otsu', 'otsu')``, ``('threshold', float)``, ``('mask', Path)``
+    """``(kind, value)``: ``('otsu', 'otsu' or 'otsu_dark')``, ``('threshold', float)``,
+    ``('mask', Path)``
     or ``('boxes', Boxes)``."""
     fg_boxes = list(args.fg_box) or list(extra.get("fg_box", []))
     bg_boxes = list(args.bg_box) or list(extra.get("bg_box", []))
@@ -171,8 +172,10 @@ def resolve_init(args, extra):
         from self2seg_jax.initialisation import Boxes
 
         return "boxes", Boxes(fg=fg_boxes, bg=bg_boxes)
-    if init_arg is None or init_arg == "otsu":
-        return "otsu", "otsu"
+    from self2seg_jax.initialisation import OTSU_INITS
+
+    if init_arg is None or init_arg in OTSU_INITS:
+        return "otsu", init_arg or "otsu"
     if isinstance(init_arg, (int, float)) or _is_float(str(init_arg)):
         t = float(init_arg)
         if not 0.0 < t < 1.0:

@@ -83,6 +83,8 @@ class Self2SegWidget(widgets.Container):
         self._mu = widgets.FloatSpinBox(label="µ (reference mask)", value=Self2SegConfig().mu,
                                         min=0.0, max=10.0, step=0.005)
         self._classes = widgets.SpinBox(label="classes", value=2, min=2, max=8)
+        self._objects = widgets.ComboBox(label="objects (Otsu start)", value="bright",
+                                         choices=["bright", "dark"])
         self._fg = widgets.ComboBox(label="foreground boxes",
                                     choices=lambda _: [None] + self._layers("Shapes"))
         self._bg = widgets.ComboBox(label="background boxes",
@@ -94,7 +96,7 @@ class Self2SegWidget(widgets.Container):
         self._cancel = widgets.PushButton(text="Cancel", enabled=False)
         self._status = widgets.Label(value="")
         super().__init__(widgets=[self._image, self._preset, self._lam, self._lam_auto, self._mu,
-                                  self._classes,
+                                  self._classes, self._objects,
                                   self._fg, self._bg, self._cls, self._seed, self._run,
                                   self._cancel,
                                   self._status])
@@ -173,6 +175,8 @@ class Self2SegWidget(widgets.Container):
                 raise ValueError("foreground/background boxes start two-class 2-D runs; for "
                                  "more classes or stacks use class boxes")
             kw["init"] = Boxes(fg=fg, bg=bg)
+        elif self._objects.value == "dark":  # no boxes: an Otsu start, foreground the darker side
+            kw["init"] = "otsu_dark"
         return layer, data, kw
 
     def run(self, *_):
