@@ -31,7 +31,7 @@ def chan_vese(
     return_result: bool = False,
 ):
     """Convex Chan–Vese segmentation; returns a bool ``(h, w)`` mask (foreground = brighter
-    region for Otsu init).
+    region for ``init="otsu"``, darker for ``"otsu_dark"``).
 
     Runs the alternating scheme with constant experts (exact ``c1, c2`` updates) until the
     mask no longer changes (``mask_tol``) or ``max_outer``; the energy never increases.
@@ -86,8 +86,8 @@ def sequential(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sequential baseline: Noise2Fast denoising, then convex Chan–Vese on the result.
 
-    ``init`` is applied to the denoised image (``"otsu"`` or a float threshold, as for the
-    joint method; a mask or Boxes are used as given). Returns ``(mask, denoised)``.
+    ``init`` is applied to the denoised image (``"otsu"``, ``"otsu_dark"`` or a float
+    threshold, as for the joint method; a mask or Boxes are used as given). Returns ``(mask, denoised)``.
     """
     den = denoise_n2f(key, image, config=config)
     mask = chan_vese(den, lam=lam, init=init, max_outer=max_outer, config=config)

@@ -104,8 +104,8 @@ def segment_batch(key, images, *, init="otsu", config: Self2SegConfig = Self2Seg
         of a mask may differ). A ``(B,)`` array of keys gives each image its own.
       images: ``(B, *image)`` array or a sequence of ``B`` arrays of one shape; each image as
         :func:`self2seg_jax.segment` takes it (``channel_axis`` counts the image's axes).
-      init: one start for every image (``"otsu"``, a threshold, :class:`Boxes`, ...) or a
-        list of ``B`` starts.
+      init: one start for every image (``"otsu"``, ``"otsu_dark"``, a threshold,
+        :class:`Boxes`, ...) or a list of ``B`` starts.
       mesh: a 1-D :class:`jax.sharding.Mesh` with axis ``"batch"`` (default:
         :func:`batch_mesh` over every device — of every process after
         :func:`self2seg_jax.distributed.initialize`, where each process must pass the same
