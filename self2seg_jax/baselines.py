@@ -87,7 +87,8 @@ def sequential(
     """Sequential baseline: Noise2Fast denoising, then convex Chan–Vese on the result.
 
     ``init`` is applied to the denoised image (``"otsu"``, ``"otsu_dark"`` or a float
-    threshold, as for the joint method; a mask or Boxes are used as given). Returns ``(mask, denoised)``.
+    threshold, as for the joint method; a mask or Boxes are used as given). Returns
+    ``(mask, denoised)``.
     """
     den = denoise_n2f(key, image, config=config)
     mask = chan_vese(den, lam=lam, init=init, max_outer=max_outer, config=config)
