@@ -70,8 +70,8 @@ def main(argv=None) -> int:
             summary[kind] = {k: round(float(np.median([r[k] for r in vals])), 2)
                              for k in ("process_wall_s", "segment_s")}
     print(json.dumps(summary), flush=True)
-    out = {"rows": rows, "median": summary, "machine": provenance.provenance(ROOT),
-           "command": "python benchmarks/bench_cli_cache.py " + " ".join(argv or sys.argv[1:])}
+    out = {"rows": rows, "median": summary,
+           **provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))}
     name = "cli_cache.json" if args.lam is None else f"cli_cache_lam_{args.lam}.json"
     (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
     return 0

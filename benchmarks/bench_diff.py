@@ -24,12 +24,6 @@ from self2seg_jax.provenance import run_record
 HERE = Path(__file__).resolve().parent
 
 
-
-def run_info() -> dict:
-    """This run's command, date, load average and provenance (``machine``)."""
-    return run_record(HERE)
-
-
 def _problem(size):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
@@ -57,7 +51,7 @@ def main():
     ap.add_argument("--lam", type=float, default=0.3)
     ap.add_argument("--mu", type=float, default=0.1)
     args = ap.parse_args()
-    out = {**run_info(), "sizes": {}}
+    out = {**run_record(HERE), "sizes": {}}
     for size in args.sizes:
         d_fg, d_bg, tgt = _problem(size)
         u_ref = jnp.full_like(d_fg, 0.5)

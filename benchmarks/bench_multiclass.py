@@ -29,12 +29,6 @@ from self2seg_jax.provenance import run_record
 HERE = Path(__file__).resolve().parent
 
 
-
-def run_info() -> dict:
-    """This run's command, date, load average and provenance (``machine``)."""
-    return run_record(HERE)
-
-
 def _timed(fn, reps: int = 2):
     times = []
     for _ in range(reps):
@@ -97,7 +91,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = []
-    info = run_info()
+    info = run_record(HERE)
     print(json.dumps(info), flush=True)
     for c in args.classes:
         for stack in args.stack:

@@ -29,12 +29,6 @@ from self2seg_jax.provenance import run_record
 HERE = Path(__file__).resolve().parent
 
 
-
-def run_info() -> dict:
-    """This run's command, date, load average and provenance (``machine``)."""
-    return run_record(HERE)
-
-
 def _image(size: int, seed: int = 0) -> np.ndarray:
     img, _ = s2s.data.load_sample()
     reps = -(-size // 512)
@@ -80,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = s2s.Self2SegConfig(max_outer=args.max_outer)
     out = {
-        **run_info(),
+        **run_record(HERE),
         "config": dataclasses.asdict(cfg),
         "sizes": {},
     }

@@ -40,12 +40,6 @@ QUICK = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20, t
              n_average=2)
 
 
-
-def run_info() -> dict:
-    """This run's command, date, load average and provenance (``machine``)."""
-    return run_record(HERE)
-
-
 def soft_dice(u, gt):
     return 1.0 - 2.0 * jnp.sum(u * gt) / (jnp.sum(u) + jnp.sum(gt) + 1e-6)
 
@@ -60,7 +54,7 @@ def main():
                     help="patches used (default: all 16); the test set is these minus --train")
     ap.add_argument("--quick", action="store_true", help="tiny expert networks (smoke test)")
     args = ap.parse_args()
-    info = run_info()
+    info = run_record(HERE)
     cfg = s2s.Self2SegConfig(**(QUICK if args.quick else {}))
     patches = s2s.data.sample_patches(128)
     used = list(range(len(patches))) if args.patches is None else list(args.patches)

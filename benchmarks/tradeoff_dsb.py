@@ -38,12 +38,6 @@ VARIANTS = {
 }
 
 
-
-def run_info() -> dict:
-    """This run's command, date, load average and provenance (``machine``)."""
-    return run_record(HERE)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--noise", type=float, default=30.0)
@@ -51,7 +45,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=None, help="override lam (default: config's)")
     ap.add_argument("--variants", nargs="+", default=["default", "cold_start", "fewer_steps"])
     args = ap.parse_args()
-    print(json.dumps(run_info()), flush=True)
+    print(json.dumps(run_record(HERE)), flush=True)
     patches = s2s.data.sample_patches(128)
     sel = [patches[i] for i in args.patches]
     noisy = [s2s.data.add_gaussian_noise(1000 + i, img, args.noise) for i, (_, img, _) in zip(args.patches, sel)]

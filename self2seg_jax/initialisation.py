@@ -214,6 +214,8 @@ def box_weights(init: Boxes | ClassBoxes, shape, num_classes: int) -> np.ndarray
 
 #: The threshold starts by name: foreground brighter ("otsu") or darker ("otsu_dark").
 OTSU_INITS = ("otsu", "otsu_dark")
+_INIT_CHOICES = ("use 'otsu' (bright objects), 'otsu_dark' (dark objects), a threshold in (0, 1), "
+                 "a mask or label image, Boxes or ClassBoxes")
 
 
 def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
@@ -238,9 +240,7 @@ def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
         return Start(w.astype(np.float32), labels)
     if isinstance(init, str):
         if init not in OTSU_INITS:
-            raise ValueError(f"unknown init {init!r}: use 'otsu' (bright objects), 'otsu_dark' "
-                             "(dark objects), a threshold in (0, 1), a mask or label image, "
-                             "Boxes or ClassBoxes")
+            raise ValueError(f"unknown init {init!r}: {_INIT_CHOICES}")
         g = _to_threshold(key, f, ndim, denoise)
         if c == 2:
             labels = (g > otsu_threshold(g)).astype(np.int32)
@@ -252,8 +252,7 @@ def start(key, f: np.ndarray, init, *, num_classes: int, ndim: int,
             labels = (c - 1 - labels).astype(np.int32)
             name += " (dark objects)"
     elif isinstance(init, (bool, np.bool_)) or init is None:
-        raise ValueError(f"unknown init {init!r}: use 'otsu', a threshold in (0, 1), a mask or "
-                         "label image, Boxes or ClassBoxes")
+        raise ValueError(f"unknown init {init!r}: {_INIT_CHOICES}")
     elif isinstance(init, (int, float, np.integer, np.floating)):
         eps = float(init)
         if c != 2:

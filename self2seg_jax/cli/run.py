@@ -159,8 +159,7 @@ def zarr_layout(args, path: Path, axes: tuple) -> dict:
 
 def resolve_init(args, extra):
     """``(kind, value)``: ``('otsu', 'otsu' or 'otsu_dark')``, ``('threshold', float)``,
-    ``('mask', Path)``
-    or ``('boxes', Boxes)``."""
+    ``('mask', Path)`` or ``('boxes', Boxes)``."""
     fg_boxes = list(args.fg_box) or list(extra.get("fg_box", []))
     bg_boxes = list(args.bg_box) or list(extra.get("bg_box", []))
     init_arg = args.init if args.init is not None else extra.get("init")
