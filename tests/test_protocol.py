@@ -275,3 +275,31 @@ def test_stop_rules_offline_scores_earlier_stops_from_recorded_iterates(tmp_path
     assert out["default/syn"]["natural"] == 0.85 and out["default/syn"]["guard_hurts"] == 0
     assert out["default/bundled_stack"]["guard_helps"] == 1
     assert out["default/bundled_stack"]["guard_k_minus_1"] == 0.78
+
+
+def test_start_lock_counts_moves_from_the_start_and_pairs_same_start_rows(proto):
+    """start_lock: at the fixed λ, the share of runs ending near their start, the poor-start
+    runs' mean final Dice, and the pairing with rows of the same start on the same runs only
+    (another start's rows and whole-image rows are left out)."""
+    import start_lock as S
+
+    lam = float(proto.raw["lambda"]["fixed"])
+
+    def row(m, patch, init, d, scale="patch"):
+        return {"method": m, "level": 30.0, "seed": 0, "patch": patch, "scale": scale,
+                "lams": [0.01, lam], "dice": [0.0, d], "init_dice": init,
+                "num_outer": [1, 3], "status": [1, 1]}
+
+    rows = [row("s2s_two_cnn", 1, 0.2, 0.22), row("s2s_two_cnn", 2, 0.8, 0.70),
+            row("s2s_cnn_const", 1, 0.2, 0.75), row("s2s_cnn_const", 2, 0.8, 0.85),
+            row("s2s_library", 1, 0.3, 0.9),  # Otsu start: not paired with the N2F-start rows
+            row("s2s_two_cnn", 16, 0.1, 0.9, scale="whole")]
+    res = S.analyse(rows, proto, lam, near=0.05, poor=0.5)
+    b = res["s2s_two_cnn"]["levels"]["30.0"]
+    assert b["runs"] == 2 and b["near_start"] == 0.5
+    assert b["mean_abs_move"] == pytest.approx((0.02 + 0.10) / 2, abs=1e-4)
+    assert b["poor_start"] == {"runs": 1, "mean_start_dice": 0.2, "mean_dice": 0.22}
+    assert b["paired_poor_start"] == {"s2s_cnn_const": {
+        "runs": 1, "mean_dice": 0.22, "other_mean_dice": 0.75, "other_higher": 1}}
+    assert res["s2s_library"]["levels"]["30.0"]["paired_poor_start"] == {}
+    assert "s2s_library_s9" not in res  # no rows, no entry
