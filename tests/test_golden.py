@@ -55,7 +55,9 @@ def test_golden_case(name, monkeypatch):
     assert differing <= ALLOWED_PIXELS.get(name, 0), f"{name}: {differing} pixels changed label"
     assert int(got[f"{name}/num_outer"]) == int(GOLDEN[f"{name}/num_outer"])
     # Cases that moved from the simplex to the box parameterisation take another float path.
-    rtol = 1e-3 if name in ALLOWED_PIXELS or name in MU_DOUBLED else 1e-5
+    # The others: float32 round-off, which differs between CPU kinds (the goldens were recorded
+    # on an Intel Xeon; on an AMD EPYC linear_boxes' energies differ by 3e-5 relative).
+    rtol = 1e-3 if name in ALLOWED_PIXELS or name in MU_DOUBLED else 1e-4
     np.testing.assert_allclose(got[f"{name}/energies"], GOLDEN[f"{name}/energies"], rtol=rtol)
 
 

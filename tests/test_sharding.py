@@ -43,7 +43,16 @@ FORCED = textwrap.dedent("""
         differ = int((one.mask != sh.mask).sum())
         assert differ <= 2, (name, differ)
         assert sh.num_outer == one.num_outer, name
-        np.testing.assert_allclose(sh.denoised, one.denoised, atol=2e-3, err_msg=name)
+        # The experts agree up to float rounding. The relaxed mask u is a primal-dual iterate at
+        # its stopping tolerance, and the sharded gap (another summation order) may stop it one
+        # check earlier or later: where u is fractional it then differs a little (AMD EPYC,
+        # volume case: 160 vs 170 iterations, 11 of 2048 voxels, up to 0.06). The composite
+        # output differs only there.
+        np.testing.assert_allclose(sh.expert_outputs, one.expert_outputs, atol=1e-4, err_msg=name)
+        du = np.abs(sh.probabilities - one.probabilities).max(axis=0)
+        assert du.max() <= 0.2 and np.mean(du > 1e-3) <= 0.02, (name, du.max(), (du > 1e-3).sum())
+        same = du <= 1e-3
+        np.testing.assert_allclose(sh.denoised[same], one.denoised[same], atol=2e-3, err_msg=name)
         if name == "const":  # progress reported: the Python-driven loop, same result
             events = []
             sh2 = s2s.segment(jax.random.key(3), im, config=cfg, mesh=mesh,
