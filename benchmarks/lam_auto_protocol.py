@@ -63,7 +63,7 @@ def compute_sigmas(proto, rows, out: Path, methods=None) -> dict:
     for (level, seed), ms in sorted(todo.items()):
         t0 = time.perf_counter()
         ims = P.images(proto, level, seed, "patch")
-        st = P.starts(proto, ims, seed)
+        st = P.starts(proto, ims, seed, denoise=any(P.needs_denoiser(proto, m) for m in ms))
         for method in sorted(ms):
             cfg = P.method_config(proto, method, level)
             hyper, spec = cfg.hyper(), cfg.spec()

@@ -118,7 +118,8 @@ def main(argv=None) -> int:
             break
         ims = P.images(proto, level, seed, scale, size=args.size,
                        indices=args.patches if scale == "patch" else None)
-        st = P.starts(proto, ims, seed)
+        st = P.starts(proto, ims, seed,
+                      denoise=any(P.needs_denoiser(proto, m) for m in todo))
         ran = {}
         for method in todo:
             m = proto.methods[method]

@@ -303,3 +303,19 @@ def test_start_lock_counts_moves_from_the_start_and_pairs_same_start_rows(proto)
         "runs": 1, "mean_dice": 0.22, "other_mean_dice": 0.75, "other_higher": 1}}
     assert res["s2s_library"]["levels"]["30.0"]["paired_poor_start"] == {}
     assert "s2s_library_s9" not in res  # no rows, no entry
+
+
+def test_starts_without_the_denoiser_serve_otsu_methods_only(proto):
+    """denoise=False (cells whose methods all start from Otsu of the noisy image): the same data
+    and Otsu start as with the denoiser, and a method that needs the Noise2Fast output is
+    refused instead of running on something else."""
+    ims = P.images(proto, 30, 0, "patch", size=32, indices=[0, 1])
+    full, bare = P.starts(proto, ims, 0), P.starts(proto, ims, 0, denoise=False)
+    assert bare.den is None and bare.n2f_otsu is None
+    for m in ("s2s_library", "chan_vese"):
+        assert not P.needs_denoiser(proto, m)
+        for a, b in zip(P.method_inputs(proto, m, full), P.method_inputs(proto, m, bare)):
+            np.testing.assert_array_equal(a, b)
+    assert P.needs_denoiser(proto, "sequential") and P.needs_denoiser(proto, "s2s_two_cnn")
+    with pytest.raises(ValueError, match="needs the Noise2Fast start"):
+        P.method_inputs(proto, "s2s_two_cnn", bare)

@@ -190,12 +190,12 @@ class Starts(NamedTuple):
     """Normalised data and starts of a cell's images (float32 / bool ``(n, h, w)``)."""
 
     f: np.ndarray         # normalised noisy images
-    den: np.ndarray       # normalised Noise2Fast outputs (same normalisation as f)
-    den_raw: np.ndarray   # Noise2Fast outputs on the input's scale (for PSNR)
+    den: np.ndarray       # normalised Noise2Fast outputs (same normalisation as f); None when
+    den_raw: np.ndarray   # made with denoise=False; on the input's scale (for PSNR)
     lo: np.ndarray        # (n,) normalisation of each image: f = (noisy - lo) / (hi - lo)
     hi: np.ndarray
     otsu: np.ndarray      # Otsu of f
-    n2f_otsu: np.ndarray  # Otsu of the min-max rescaled Noise2Fast output (the shared start)
+    n2f_otsu: np.ndarray  # Otsu of the min-max rescaled Noise2Fast output (shared start) or None
     seconds: float
 
 
@@ -205,21 +205,33 @@ def _denoise_all(keys, f, lr, train, batch):
     return jax.vmap(one)((keys, f)) if batch == "vmap" else lax.map(one, (keys, f))
 
 
-def starts(proto: Protocol, ims: Images, seed: int, *, batch: str | None = None) -> Starts:
+def needs_denoiser(proto: Protocol, method: str) -> bool:
+    """Whether ``method`` uses the shared Noise2Fast output (as its data or for its start)."""
+    m = proto.methods[method]
+    return m["data"] == "n2f" or m["start"] == "n2f_otsu"
+
+
+def starts(proto: Protocol, ims: Images, seed: int, *, batch: str | None = None,
+           denoise: bool = True) -> Starts:
     """Normalise every image (the base config's normalisation) and run the shared Noise2Fast
-    start with the first half of each image's key, batched."""
+    start with the first half of each image's key, batched. ``denoise=False`` skips the
+    Noise2Fast run (``den``, ``den_raw`` and ``n2f_otsu`` are ``None``): for cells whose
+    methods all start from Otsu of the noisy image (:func:`needs_denoiser`); nothing else
+    changes, the keys stay paired."""
     base = Self2SegConfig(**proto.raw["base"])
     t = time.perf_counter()
     norm = [api.normalise(api.validate_image(a)[0], base.normalise) for a in ims.noisy]
     f = np.stack([n[0] for n in norm]).astype(np.float32)
+    lo = np.array([n[1] for n in norm], np.float32)[:, None, None]
+    hi = np.array([n[2] for n in norm], np.float32)[:, None, None]
+    otsu = np.stack([x > otsu_threshold(x) for x in f])
+    if not denoise:
+        return Starts(f, None, None, lo.ravel(), hi.ravel(), otsu, None, time.perf_counter() - t)
     keys = jnp.stack([jax.random.split(image_key(proto, seed, i))[0] for i in ims.index])
     den = np.asarray(_denoise_all(keys, jnp.asarray(f), jnp.float32(base.learning_rate),
                                   base.spec().train, batch or default_batch()))
-    lo = np.array([n[1] for n in norm], np.float32)[:, None, None]
-    hi = np.array([n[2] for n in norm], np.float32)[:, None, None]
     g = [(d - d.min()) / max(float(d.max() - d.min()), 1e-12) for d in den]
     n2f_otsu = np.stack([x > otsu_threshold(x) for x in g])
-    otsu = np.stack([x > otsu_threshold(x) for x in f])
     return Starts(f, den.astype(np.float32), (den * (hi - lo) + lo).astype(np.float32),
                   lo.ravel(), hi.ravel(), otsu, n2f_otsu, time.perf_counter() - t)
 
@@ -228,8 +240,11 @@ def method_inputs(proto: Protocol, method: str, st: Starts) -> tuple[np.ndarray,
     """``(data, start mask)`` ``(n, h, w)`` a method sees in a cell: the normalised noisy image
     or the Noise2Fast output (``data = "n2f"``), and the Otsu start of the one or the other."""
     m = proto.methods[method]
+    if needs_denoiser(proto, method) and st.den is None:
+        raise ValueError(f"method {method!r} needs the Noise2Fast start; these starts were "
+                         "made with denoise=False")
     f = st.den if m["data"] == "n2f" else st.f
-    m0 = st.n2f_otsu if (m["start"] == "n2f_otsu" or m["data"] == "n2f") else st.otsu
+    m0 = st.n2f_otsu if needs_denoiser(proto, method) else st.otsu
     return f, m0
 
 
