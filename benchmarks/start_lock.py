@@ -8,8 +8,8 @@ protocol's fixed lambda it reports
 
 * ``near_start``: the share of runs whose final Dice is within ``--near`` of the start's Dice;
 * ``mean_abs_move``: the mean ``|Dice - start Dice|``;
-* ``poor_start``: runs whose start has Dice below ``--poor``, their mean start and final Dice,
-  and the mean outer iterations of all runs;
+* ``mean_outer``: the mean number of outer iterations;
+* ``poor_start``: runs whose start has Dice below ``--poor``, their mean start and final Dice;
 * for methods with the same start (``start`` in the protocol), the paired comparison on the
   poor-start runs (same patch, noise and start).
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from experiments import protocol as P  # noqa: E402
 
-from self2seg_jax import provenance  # noqa: E402
+from self2seg_jax import io, provenance  # noqa: E402
 
 
 def analyse(rows: list[dict], proto, lam: float, near: float, poor: float) -> dict:
@@ -106,12 +105,6 @@ def table(res: dict, lam: float, near: float, poor: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="a protocol's results folder (rows.jsonl, "
@@ -126,9 +119,10 @@ def main(argv=None) -> int:
     res = analyse(rows, proto, lam, args.near, args.poor)
     record = {**provenance.run_record(ROOT), "lambda": lam, "near": args.near,
               "poor": args.poor, "rows": len(rows), "methods": res}
-    _write(args.results / "start_lock.json", json.dumps(record, indent=1) + "\n")
-    _write(args.results / "start_lock.md", table(res, lam, args.near, args.poor))
-    print(table(res, lam, args.near, args.poor))
+    io.write_json(args.results / "start_lock.json", record, overwrite=True)
+    md = table(res, lam, args.near, args.poor)
+    (args.results / "start_lock.md").write_text(md)
+    print(md)
     return 0
 
 
