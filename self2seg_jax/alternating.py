@@ -31,7 +31,6 @@ background.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from self2seg_jax import aot, energy, experts, pdhg, progress
+from self2seg_jax import aot, backend, energy, experts, pdhg, progress
 
 RUNNING, CONVERGED, ENERGY_RULE, MAX_OUTER, NONFINITE, DEGENERATE = 0, 1, 2, 3, 4, 5
 STATUS_NAMES = {
@@ -269,7 +268,7 @@ def _continue(s: State, f, hyper: Hyper, spec: Spec) -> State:
     return lax.while_loop(lambda c: c.status == RUNNING, lambda c: outer_step(c, f, hyper, spec), s)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@backend.jit(static_argnames=("spec",))
 def run(key, f, w0, labels0, hyper: Hyper, spec: Spec) -> State:
     """Run the alternating scheme to its stop rule: one compiled ``lax.while_loop`` (jitted;
     ``spec`` static).
@@ -287,12 +286,12 @@ def run(key, f, w0, labels0, hyper: Hyper, spec: Spec) -> State:
     return _continue(init_state(key, f, w0, labels0, spec), f, hyper, spec)
 
 
-_init_jit = jax.jit(init_state, static_argnames=("spec",))
-_step_jit = jax.jit(outer_step, static_argnames=("spec",))
-_u_jit = jax.jit(u_step, static_argnames=("spec",))
+_init_jit = backend.jit(init_state, static_argnames=("spec",))
+_step_jit = backend.jit(outer_step, static_argnames=("spec",))
+_u_jit = backend.jit(u_step, static_argnames=("spec",))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@backend.jit(static_argnames=("spec",))
 def first_w_step(key, f, w0, labels0, hyper: Hyper, spec: Spec) -> tuple[State, WStep]:
     """The initial state of :func:`run` and its first W-step (which uses only
     ``hyper.learning_rate``): what a choice of ``lam`` after the first W-step
@@ -301,7 +300,7 @@ def first_w_step(key, f, w0, labels0, hyper: Hyper, spec: Spec) -> tuple[State, 
     return s0, w_step(s0, f, hyper, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@backend.jit(static_argnames=("spec",))
 def run_from_w_step(s0: State, ws: WStep, f, hyper: Hyper, spec: Spec) -> State:
     """:func:`run` from the output of :func:`first_w_step` (the same iterations; split in two
     compiled programs, so equal up to float rounding)."""
@@ -370,7 +369,7 @@ def follow(gen, callback: Callable):
         callback(item)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "batch"))
+@backend.jit(static_argnames=("spec", "batch"))
 def run_sweep(key, f, w0, labels0, hypers: Hyper, spec: Spec, batch: str = "vmap"):
     """:func:`run` for a batch of ``Hyper`` sharing one start, in one compiled call.
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import jax
 
+from self2seg_jax import backend
+
 _state: dict[str, Any] = {"dir": None, "loaded": {}, "failed": set()}
 
 
@@ -148,7 +150,7 @@ def call(fn: Callable, name: str, static: dict, *args):
             _state["failed"].add(key)
             return fn(*args, **static)
     exported, out_tree = prog
-    caller = jax.jit(exported.call)  # one jitted caller per program: later calls skip lowering
+    caller = backend.jit(exported.call)  # one jitted caller per program: later calls skip lowering
     try:  # a program that cannot run here (e.g. read back from a mismatched file): traced call
         out = caller(*leaves)
     except Exception:

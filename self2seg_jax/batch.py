@@ -23,7 +23,6 @@ iterations is spent. Under ``lax.map`` every image stops on its own.
 
 from __future__ import annotations
 
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,7 +32,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from self2seg_jax import alternating, api, distributed
+from self2seg_jax import alternating, api, backend, distributed
 from self2seg_jax.config import Self2SegConfig
 
 AXIS = "batch"
@@ -45,7 +44,7 @@ def batch_mesh(devices=None) -> Mesh:
     return Mesh(devs.reshape(-1), (AXIS,))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mode", "mesh"))
+@backend.jit(static_argnames=("spec", "mode", "mesh"))
 def run_batch(keys, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.Spec,
               mode: str = "vmap", mesh: Mesh | None = None):
     """:func:`self2seg_jax.alternating.run` over a leading batch axis of ``keys`` ``(B,)``

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from self2seg_jax import alternating, energy, ops, pdhg
+from self2seg_jax import alternating, backend, energy, ops, pdhg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +229,7 @@ def relaxed_mask(
     return _solve(d_fg, d_bg, lam, mu, u_ref, mode=mode, opts=opts)
 
 
-@functools.partial(jax.jit, static_argnames=("mode", "opts"))
+@backend.jit(static_argnames=("mode", "opts"))
 def _solve(d_fg, d_bg, lam, mu, u_ref, *, mode, opts):
     if mode == "implicit":
         return _implicit(d_fg, d_bg, lam, mu, u_ref, opts)

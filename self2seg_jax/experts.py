@@ -22,7 +22,6 @@ experts of one kind stack along a leading axis (:func:`fit_group`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from self2seg_jax import ops, progress
+from self2seg_jax import backend, ops, progress
 
 KINDS = ("n2f", "linear", "constant")
 
@@ -609,7 +608,7 @@ def fit_group(keys: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, kind
     return lax.map(lambda a: one(*a), (keys, params, w))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@backend.jit(static_argnames=("cfg",))
 def _denoise_whole(key, f, lr, cfg: TrainConfig):
     w = jnp.ones(f.shape[f.ndim - cfg.ndim:], f.dtype)
     params = init_params(key, "n2f", cfg)

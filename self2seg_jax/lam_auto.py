@@ -31,14 +31,13 @@ Pure and jittable except :func:`choose` (host side: a Python float).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from self2seg_jax import alternating
+from self2seg_jax import alternating, backend
 
 #: Candidate values of ``lam="auto"`` (log-spaced; the protocol's Self2Seg grid).
 LAM_GRID = (5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -66,7 +65,7 @@ def noise_scale(d: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(pairs) / 2.0 / (c * (c - 1) / 2))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@backend.jit(static_argnames=("spec",))
 def scale_of(ws: alternating.WStep, f, spec: alternating.Spec) -> jax.Array:
     """``sigma`` of the data terms of a W-step (:func:`noise_scale` of
     :func:`self2seg_jax.alternating.data_terms`). Scalar float32."""

@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from self2seg_jax import alternating, distributed
+from self2seg_jax import alternating, backend, distributed
 
 SPACE = "space"
 
@@ -66,7 +66,7 @@ def _constrain(s: alternating.State, mesh: Mesh, ndim: int) -> alternating.State
                       den=c(s.den))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+@backend.jit(static_argnames=("spec", "mesh"))
 def _init_space(key, f, w0, labels0, spec: alternating.Spec, mesh: Mesh) -> alternating.State:
     c = functools.partial(_space, mesh=mesh, ndim=spec.ndim)
     return _constrain(alternating.init_state(key, c(f), c(w0), c(labels0), spec), mesh, spec.ndim)
@@ -79,7 +79,7 @@ def _outer(s, f, hyper, spec: alternating.Spec, mesh: Mesh) -> alternating.State
                       mesh, spec.ndim)
 
 
-_step_space = jax.jit(_outer, static_argnames=("spec", "mesh"))
+_step_space = backend.jit(_outer, static_argnames=("spec", "mesh"))
 
 
 def with_crop_mesh(spec: alternating.Spec, mesh: Mesh) -> alternating.Spec:
@@ -104,7 +104,7 @@ def run_space(key, f, w0, labels0, hyper: alternating.Hyper, spec: alternating.S
                       with_crop_mesh(spec, mesh), mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+@backend.jit(static_argnames=("spec", "mesh"))
 def _run_space(key, f, w0, labels0, hyper, spec, mesh):
     s = _init_space(key, f, w0, labels0, spec, mesh)
     s = lax.while_loop(lambda c: c.status == alternating.RUNNING,
