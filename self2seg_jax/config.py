@@ -56,7 +56,9 @@ def backend_policy(backend: str | None = None) -> dict:
     trained one after the other (``"map"``: batched convolutions are slower there); on GPU/TPU
     XLA's convolution and a ``vmap`` over the experts. Crop training takes 2 crops per Adam step
     on CPU (its cost is per pixel there) and 16 on accelerators (a step's cost there is mostly
-    launch overhead, so more pixels per step are nearly free).
+    launch overhead, so more pixels per step are nearly free). XLA compiler options (XLA:CPU's
+    YNNPACK fusions off on CPUs without AVX-512) are decided by
+    :func:`self2seg_jax.backend.compiler_options`, which every compiled entry point applies.
     """
     if backend is None:
         import jax
