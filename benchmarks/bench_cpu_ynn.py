@@ -22,7 +22,13 @@ steps and outer iterations (the two settings round differently, so a run may tak
 path). Writes ``results/cpu_ynn/components.json`` and ``whole.json`` with the machine (CPU
 model and its AVX-512 flag).
 
+The in-process comparison can favour one side: kernels of the other setting ran in the same
+process just before (thread pools, caches). ``--separate N`` times the components instead in
+fresh processes that each compile only one setting, N processes per setting alternating
+(medians over the processes' medians) -> ``components_separate.json``.
+
     python benchmarks/bench_cpu_ynn.py                 # components, ~3 min on 2 cores
+    python benchmarks/bench_cpu_ynn.py --no-components --separate 2
     python benchmarks/bench_cpu_ynn.py --whole         # + whole runs, ~12 min more
 """
 
@@ -136,10 +142,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_ynn")
     ap.add_argument("--whole", action="store_true", help="also whole runs in fresh processes")
     ap.add_argument("--no-components", action="store_true")
+    ap.add_argument("--separate", type=int, default=0, metavar="N",
+                    help="components in fresh processes, N per setting")
     ap.add_argument("--one", choices=WHOLE, help=argparse.SUPPRESS)
+    ap.add_argument("--components-in", choices=("on", "off"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(_one(args.one)), flush=True)
+        return 0
+    if args.components_in:
+        print(json.dumps(_components_in(args)), flush=True)
         return 0
     if jax.default_backend() != "cpu":
         ap.error("a CPU comparison: run it on a CPU backend")
@@ -149,9 +161,52 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_components:
         _components(args, argv)
+    if args.separate:
+        _separate(args, argv)
     if args.whole:
         _whole(args.out, argv)
     return 0
+
+
+def _components_in(args) -> dict:
+    """Median ms per unit of every component, compiled with one setting only."""
+    opts = {} if args.components_in == "on" else OFF
+    med = {}
+    for name, units, fn, a in _cases(args):
+        f = jax.jit(fn, compiler_options=opts or None)
+        jax.block_until_ready(f(*a))
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            times.append(time.perf_counter() - t)
+        med[name] = 1e3 * statistics.median(times) / units
+    return med
+
+
+def _separate(args, argv) -> None:
+    runs = {"on": [], "off": []}
+    for _ in range(args.separate):
+        for ynn in ("on", "off"):
+            p = subprocess.run([sys.executable, __file__, "--components-in", ynn, "--steps",
+                                str(args.steps), "--repeat", str(args.repeat)],
+                               capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"components {ynn}: {p.stderr[-2000:]}")
+            runs[ynn].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            print(ynn, json.dumps(runs[ynn][-1]), flush=True)
+    rows = []
+    for name in runs["on"][0]:
+        on = statistics.median(r[name] for r in runs["on"])
+        off = statistics.median(r[name] for r in runs["off"])
+        rows.append({"case": name, "ynn_ms": round(on, 3), "no_ynn_ms": round(off, 3),
+                     "ynn_over_no_ynn": round(on / off, 3),
+                     "per_process_ms": {k: [round(r[name], 3) for r in v] for k, v in runs.items()}})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_process_ms"}), flush=True)
+    out = {"rows": rows, "machine": {**provenance.provenance(ROOT),
+                                     "avx512": backend.cpu_has_avx512()},
+           "command": "python benchmarks/bench_cpu_ynn.py " + " ".join(argv)}
+    (args.out / "components_separate.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
 def _components(args, argv) -> None:

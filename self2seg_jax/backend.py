@@ -82,6 +82,18 @@ def compiler_options(backend: str | None = None) -> dict:
     return dict(_options(backend, ynn_choice()))
 
 
+def _top_level(args, kwargs) -> bool:
+    """Whether a call happens outside any JAX trace (so that it compiles a program of its own)."""
+    try:
+        from jax._src import core
+
+        return bool(core.trace_ctx.is_top_level())
+    except Exception:  # no such internal: judge by the arguments
+        import jax
+
+        return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
+
+
 class _Jit:
     """``jax.jit(fun, **kw)`` built at the first use with :func:`compiler_options` (one build per
     option set: changing ``SELF2SEG_CPU_YNN`` between calls takes effect)."""
@@ -90,10 +102,10 @@ class _Jit:
         self._fun, self._kw, self._built = fun, kw, {}
         functools.update_wrapper(self, fun)
 
-    def _jitted(self):
+    def _jitted(self, top: bool = True):
         import jax
 
-        opts = compiler_options()
+        opts = compiler_options() if top else {}
         key = tuple(sorted(opts.items()))
         f = self._built.get(key)
         if f is None:
@@ -101,7 +113,9 @@ class _Jit:
         return f
 
     def __call__(self, *args, **kwargs):
-        return self._jitted()(*args, **kwargs)
+        # Inside another trace (a jit, vmap or grad of the caller) the function is inlined into
+        # the caller's program: JAX accepts compiler options only on the outermost jit.
+        return self._jitted(_top_level(args, kwargs))(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # lower, trace, eval_shape, ...
         if name.startswith("__"):

@@ -97,3 +97,14 @@ def test_expert_training_agrees_with_and_without_ynn_fusions():
     b = jax.jit(run, compiler_options={backend.YNN_OPTION: ""})(jax.random.key(1), p, f, w)
     assert float(jnp.std(a)) > 1e-3  # a real output, not a constant
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+
+
+def test_nested_and_transformed_calls(monkeypatch):
+    """Called inside another jit, vmap or grad, the wrapped function is inlined (JAX accepts
+    compiler options only on the outermost jit) and gives the same values."""
+    monkeypatch.setenv(backend.ENV, "off")
+    f = backend.jit(lambda x: jnp.sin(x) * 2.0)
+    x = jnp.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(jax.jit(f)(x), f(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(f)(x), f(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda x: f(x).sum())(x), 2.0 * jnp.cos(x), rtol=1e-6)
