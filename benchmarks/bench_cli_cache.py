@@ -6,6 +6,7 @@ side by side; the warm runs alternate ``--repeat`` times. Writes ``results/cli_c
 
     python benchmarks/bench_cli_cache.py --repeat 3
     python benchmarks/bench_cli_cache.py --repeat 3 --lam auto   # -> results/cli_cache_lam_auto.json
+    python benchmarks/bench_cli_cache.py --repeat 3 --out benchmarks/results/cpu_ynn  # elsewhere
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="alternating warm runs of each kind")
     ap.add_argument("--lam", default=None, help="--lam for every run (default: the CLI's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                    help="folder of the JSON file")
     args = ap.parse_args(argv)
     img, gt = s2s.data.load_sample(crop=(256, 128, 384, 256))
     noisy = s2s.data.add_gaussian_noise(0, img, 30.0)
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
     out = {"rows": rows, "median": summary,
            **provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))}
     name = "cli_cache.json" if args.lam is None else f"cli_cache_lam_{args.lam}.json"
-    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / name).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 
