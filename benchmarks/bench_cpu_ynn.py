@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import self2seg_jax as s2s
-from self2seg_jax import backend, experts, pdhg, provenance
+from self2seg_jax import backend, experts, io, pdhg, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 OFF = {backend.YNN_OPTION: ""}
@@ -91,6 +91,30 @@ def _cases(args):
 WHOLE = ("patch128", "512", "stack3d")
 
 
+def _child(args: list, env: dict | None = None) -> dict:
+    """Run this script in a fresh process with ``args``; its last stdout line (JSON)."""
+    p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                       env=env)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(args)}: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _timed_ms(f, a) -> float:
+    """Milliseconds of one call ``f(*a)`` (results awaited)."""
+    t = time.perf_counter()
+    jax.block_until_ready(f(*a))
+    return 1e3 * (time.perf_counter() - t)
+
+
+def _write(path: Path, record: dict, argv) -> None:
+    """``record`` with the machine (its AVX-512 flag too) and the command, as JSON (atomic)."""
+    io.write_json(path, {**record, "machine": {**provenance.provenance(ROOT),
+                                               "avx512": backend.cpu_has_avx512()},
+                         "command": "python benchmarks/bench_cpu_ynn.py " + " ".join(argv)},
+                  overwrite=True)
+
+
 def _one(case: str) -> dict:
     """A fresh process's cold and warm ``segment`` call on ``case`` (default options)."""
     if case == "stack3d":
@@ -116,11 +140,7 @@ def _whole(out: Path, argv) -> None:
     rows = []
     for case in WHOLE:
         for ynn in ("on", "off"):
-            p = subprocess.run([sys.executable, __file__, "--one", case], capture_output=True,
-                               text=True, env={**os.environ, backend.ENV: ynn})
-            if p.returncode:
-                raise SystemExit(f"{case} {ynn}: {p.stderr[-2000:]}")
-            rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+            rows.append(_child(["--one", case], env={**os.environ, backend.ENV: ynn}))
             print(json.dumps(rows[-1]), flush=True)
     by = {(r["case"], r["ynn"]): r for r in rows}
     ratio = {c: {"warm_on_over_off": round(by[c, "on"]["warm_s"] / by[c, "off"]["warm_s"], 3),
@@ -129,10 +149,7 @@ def _whole(out: Path, argv) -> None:
                      / (by[c, "off"]["warm_s"] / by[c, "off"]["train_steps"]), 3)}
              for c in WHOLE}
     print(json.dumps(ratio), flush=True)
-    res = {"rows": rows, "ratios": ratio, "machine": {**provenance.provenance(ROOT),
-                                                      "avx512": backend.cpu_has_avx512()},
-           "command": "python benchmarks/bench_cpu_ynn.py " + " ".join(argv)}
-    (out / "whole.json").write_text(json.dumps(res, indent=1) + "\n")
+    _write(out / "whole.json", {"rows": rows, "ratios": ratio}, argv)
 
 
 def main(argv=None) -> int:
@@ -174,13 +191,8 @@ def _components_in(args) -> dict:
     med = {}
     for name, units, fn, a in _cases(args):
         f = jax.jit(fn, compiler_options=opts or None)
-        jax.block_until_ready(f(*a))
-        times = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            jax.block_until_ready(f(*a))
-            times.append(time.perf_counter() - t)
-        med[name] = 1e3 * statistics.median(times) / units
+        jax.block_until_ready(f(*a))  # compile outside the timing
+        med[name] = statistics.median(_timed_ms(f, a) for _ in range(args.repeat)) / units
     return med
 
 
@@ -188,12 +200,8 @@ def _separate(args, argv) -> None:
     runs = {"on": [], "off": []}
     for _ in range(args.separate):
         for ynn in ("on", "off"):
-            p = subprocess.run([sys.executable, __file__, "--components-in", ynn, "--steps",
-                                str(args.steps), "--repeat", str(args.repeat)],
-                               capture_output=True, text=True)
-            if p.returncode:
-                raise SystemExit(f"components {ynn}: {p.stderr[-2000:]}")
-            runs[ynn].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            runs[ynn].append(_child(["--components-in", ynn, "--steps", str(args.steps),
+                                     "--repeat", str(args.repeat)]))
             print(ynn, json.dumps(runs[ynn][-1]), flush=True)
     rows = []
     for name in runs["on"][0]:
@@ -203,10 +211,7 @@ def _separate(args, argv) -> None:
                      "ynn_over_no_ynn": round(on / off, 3),
                      "per_process_ms": {k: [round(r[name], 3) for r in v] for k, v in runs.items()}})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_process_ms"}), flush=True)
-    out = {"rows": rows, "machine": {**provenance.provenance(ROOT),
-                                     "avx512": backend.cpu_has_avx512()},
-           "command": "python benchmarks/bench_cpu_ynn.py " + " ".join(argv)}
-    (args.out / "components_separate.json").write_text(json.dumps(out, indent=1) + "\n")
+    _write(args.out / "components_separate.json", {"rows": rows}, argv)
 
 
 def _components(args, argv) -> None:
@@ -218,20 +223,15 @@ def _components(args, argv) -> None:
         times = {k: [] for k in fns}
         for _ in range(args.repeat):
             for k, f in fns.items():
-                t = time.perf_counter()
-                jax.block_until_ready(f(*a))
-                times[k].append(time.perf_counter() - t)
-        med = {k: 1e3 * statistics.median(v) / units for k, v in times.items()}
+                times[k].append(_timed_ms(f, a))
+        med = {k: statistics.median(v) / units for k, v in times.items()}
         rows.append({"case": name, "unit": "ms per step" if units > 1 else "ms per call",
                      "units": units, "ynn_ms": round(med["ynn"], 3),
                      "no_ynn_ms": round(med["no_ynn"], 3),
                      "ynn_over_no_ynn": round(med["ynn"] / med["no_ynn"], 3),
-                     "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()}})
+                     "all_s": {k: [round(x / 1e3, 4) for x in v] for k, v in times.items()}})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "all_s"}), flush=True)
-    out = {"rows": rows, "machine": {**provenance.provenance(ROOT),
-                                     "avx512": backend.cpu_has_avx512()},
-           "command": "python benchmarks/bench_cpu_ynn.py " + " ".join(argv)}
-    (args.out / "components.json").write_text(json.dumps(out, indent=1) + "\n")
+    _write(args.out / "components.json", {"rows": rows}, argv)
 
 
 if __name__ == "__main__":
