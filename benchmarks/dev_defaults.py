@@ -48,6 +48,13 @@ VARIANTS = {
     # a 24-channel expert
     "width_16_lr_2e-3": dict(net_width=16, learning_rate=2e-3),
     "width_24": dict(net_width=24),
+    # added in session 15 (issue 13, the 3-D stack's runaway foreground), with the new smooth
+    # (local-mean) background expert: these 2-D synthetic images decide whether it may become a
+    # default. Seen before these runs: the bundled stack only (smooth bg 0.573, smooth bg +
+    # blind spot 0.756; default 0.566). "blind_spot" alone is the control.
+    "blind_spot": dict(data_term="blind_spot"),
+    "smooth_bg": dict(bg_expert="smooth"),
+    "smooth_bg_blind_spot": dict(bg_expert="smooth", data_term="blind_spot"),
 }
 CELLS = [(n, size, seeds) for n in (10.0, 30.0, 50.0)
          for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1)))]

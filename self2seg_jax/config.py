@@ -27,7 +27,7 @@ import functools
 import math
 import numbers
 
-EXPERT_KINDS = ("n2f", "linear", "constant")
+EXPERT_KINDS = ("n2f", "linear", "constant", "smooth")
 CHOICES = {
     "fg_expert": EXPERT_KINDS,
     "bg_expert": EXPERT_KINDS,
@@ -102,14 +102,17 @@ class Self2SegConfig:
                           "whole images) or min and max (minmax, the paper)")
     mu: float = _opt(0.01, "reference-mask weight mu (eq. (10)); 0 = off. Small values keep the "
                      "mask from drifting to a trivial one", metavar="MU")
-    fg_expert: str = _opt("n2f", "foreground expert: CNN (n2f), linear filter or region mean")
-    bg_expert: str = _opt("constant", "background expert: CNN (n2f), linear filter or region mean")
+    fg_expert: str = _opt("n2f", "foreground expert: CNN (n2f), linear filter, region mean "
+                          "(constant) or region local mean (smooth)")
+    bg_expert: str = _opt("constant", "background expert: CNN (n2f), linear filter, region mean "
+                          "(constant) or region local mean (smooth: uneven backgrounds)")
     data_filter: int = _opt(1, "odd mean-filter size K for the data terms (paper Example 1; 3 at "
                             "high noise); 1 = off", metavar="K")
     data_term: str = _opt("output", "experts' residuals from their outputs (paper) or from "
                           "blind-spot predictions that never see the pixel's own noise")
     net_width: int = _opt(32, "CNN expert channels (the paper's net: 64)", metavar="C")
     net_depth: int = _opt(4, "CNN expert 3x3 conv layers (the paper's net: 8)", metavar="L")
+    smooth_size: int = _opt(15, "odd window side of smooth experts' local mean", metavar="K")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
     learning_rate: float = _opt(1e-3, "Adam step size of CNN experts (the paper: 1e-3)",
@@ -252,7 +255,7 @@ class Self2SegConfig:
             bad(f"lam must be a finite number > 0 or 'auto', got {self.lam!r}")
         if not self.mu >= 0:
             bad(f"mu must be >= 0, got {self.mu!r}")
-        for name in ("data_filter", "linear_size"):
+        for name in ("data_filter", "linear_size", "smooth_size"):
             if not (getattr(self, name) >= 1 and getattr(self, name) % 2 == 1):
                 bad(f"{name} must be an odd integer >= 1, got {getattr(self, name)!r}")
         for name in ("net_width", "net_depth", "train_max_steps", "val_every", "n_average",
@@ -300,11 +303,12 @@ class Self2SegConfig:
         kinds = self.class_kinds(num_classes, class_experts)
         if "linear" in kinds and (ndim != 2 or channels):
             raise ValueError("linear experts are implemented for 2-D single-channel images; use "
-                             "'n2f' or 'constant' for colour images and volumes")
+                             "'n2f', 'constant' or 'smooth' for colour images and volumes")
         policy = backend_policy(backend)
         batch = {"always": "vmap", "never": "map", "auto": policy["batch"]}[self.stack_experts]
         train = experts.TrainConfig(
             width=self.net_width, depth=self.net_depth, linear_size=self.linear_size,
+            smooth_size=self.smooth_size,
             max_steps=self.train_max_steps, min_steps=self.train_min_steps,
             patience=self.train_patience, val_every=self.val_every, n_average=self.n_average,
             conv_impl=policy["conv_impl"] if self.conv_impl == "auto" else self.conv_impl,

@@ -1,6 +1,6 @@
 r"""Expert denoisers and their region-restricted self-supervised training (the W-step).
 
-Three kinds of expert (paper Example 1):
+Four kinds of expert (the first three: paper Example 1):
 
 * ``"n2f"`` — the Noise2Fast-style CNN of the paper (Fig. 4): ``depth`` x [3x3 conv, ReLU]
   with ``width`` channels, a 1x1 conv and a sigmoid (3x3x3 convolutions on volumes; ``L``
@@ -13,6 +13,14 @@ Three kinds of expert (paper Example 1):
   with a tiny ridge), so its W-step is an exact minimiser.
 * ``"constant"`` — the region mean (per channel), the exact minimiser of ``sum w (f - c)^2``:
   with constant experts Self2Seg *is* convex Chan–Vese.
+* ``"smooth"`` — the region's local mean, a background that varies slowly in space (uneven
+  illumination, out-of-focus glow next to objects) at no training cost:
+  ``D(f)(x) = (sum_{y in W(x), y != x} w(y) f(y) + p c) / (sum_{y in W(x), y != x} w(y) + p)``
+  over a ``smooth_size^ndim`` window ``W(x)``, with ``c`` the region mean and ``p`` =
+  :data:`SMOOTH_PRIOR` (far from the region the output tends to ``c``). Leaving out the pixel
+  itself makes it blind (its output at ``x`` sees ``f(x)`` only through ``c``, a ``1/N``
+  share damped by ``p``). Not
+  the exact minimiser of the data term (as the CNN, it does not guarantee a falling energy).
 
 Shapes: ``f`` is ``(*s)`` or ``(L, *s)`` (channel-first), a region weight ``w`` is ``(*s)``;
 every fit returns ``(params, output D(f) shaped like f, Adam steps)``. Params are pytrees, so
@@ -32,7 +40,9 @@ from jax import lax
 
 from self2seg_jax import backend, ops, progress
 
-KINDS = ("n2f", "linear", "constant")
+KINDS = ("n2f", "linear", "constant", "smooth")
+SMOOTH_PRIOR = 1.0
+"""Weight (in pixels) of the region mean in the smooth expert's local mean."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +52,7 @@ class TrainConfig:
     Attributes:
       width, depth: CNN channels and number of 3x3 conv + ReLU layers.
       linear_size: odd filter size of the linear expert.
+      smooth_size: odd window side of the smooth expert's local mean.
       max_steps: Adam step cap per W-step; min_steps: steps before early stopping may trigger.
       patience: stop when the validation score has not improved for this many steps.
       val_every: steps between validations (each is one full-image forward pass).
@@ -67,6 +78,7 @@ class TrainConfig:
     width: int = 32
     depth: int = 4
     linear_size: int = 15
+    smooth_size: int = 15
     max_steps: int = 400
     min_steps: int = 100
     patience: int = 100
@@ -154,13 +166,14 @@ def init_params(key: jax.Array, kind: str, cfg: TrainConfig) -> Any:
         k = cfg.linear_size
         w = jnp.zeros((k, k), jnp.float32).at[k // 2, k // 2].set(1.0)
         return {"kernel": w, "bias": jnp.zeros((), jnp.float32)}
-    if kind == "constant":
+    if kind in ("constant", "smooth"):
         return {"c": jnp.zeros((cfg.channels,) if cfg.channels else (), jnp.float32)}
     raise ValueError(f"unknown expert kind {kind!r}; expected one of {KINDS}")
 
 
 def apply(params: Any, f: jax.Array, kind: str, cfg: TrainConfig) -> jax.Array:
-    """Expert output ``D(f)``, shaped like ``f``."""
+    """Expert output ``D(f)``, shaped like ``f`` (not for ``"smooth"``, whose output depends on
+    its region weight: it is the output of :func:`fit_smooth`)."""
     if kind == "n2f":
         return _net(cfg).apply({"params": params}, f)
     if kind == "linear":
@@ -170,15 +183,18 @@ def apply(params: Any, f: jax.Array, kind: str, cfg: TrainConfig) -> jax.Array:
         c = params["c"]
         c = c.reshape(c.shape + (1,) * (f.ndim - c.ndim))
         return jnp.broadcast_to(c, f.shape).astype(f.dtype)
+    if kind == "smooth":
+        raise ValueError("a smooth expert's output depends on its region weight; it is the "
+                         "output of fit_smooth(f, w, cfg), not of apply")
     raise ValueError(f"unknown expert kind {kind!r}; expected one of {KINDS}")
 
 
 def blind_spot_output(params: Any, f: jax.Array, kind: str, cfg: TrainConfig, den: jax.Array):
     """The expert's blind-spot prediction (:func:`self2seg_jax.ops.blind_spot`): the trained map
     applied to the checkerboard halves, as in training, so the value at a pixel never depends
-    on that pixel's noise. A constant expert is already blind (returns ``den``, which also
-    fills pixels an odd size crops away)."""
-    if kind == "constant":
+    on that pixel's noise. Constant and smooth experts are already blind (return ``den``, which
+    also fills pixels an odd size crops away)."""
+    if kind in ("constant", "smooth"):
         return den
     return ops.blind_spot(lambda z: apply(params, z, kind, cfg), f, cfg.ndim, full=den)
 
@@ -200,6 +216,16 @@ def fit_constant(f: jax.Array, w: jax.Array):
     c = jnp.sum(w * f, axis=axes) / (jnp.sum(w) + 1e-8)
     den = jnp.broadcast_to(c.reshape(c.shape + (1,) * w.ndim), f.shape).astype(f.dtype)
     return {"c": c}, den, jnp.asarray(0, jnp.int32)
+
+
+def fit_smooth(f: jax.Array, w: jax.Array, cfg: TrainConfig):
+    """The smooth expert's leave-one-out local mean (module docstring); params hold the region
+    mean ``c`` (per channel). ``f``: ``(*s)`` or ``(L, *s)``; ``w``: ``(*s)``."""
+    params, mean, _ = fit_constant(f, w)
+    wf = w * f
+    num = ops.box_sum(wf, cfg.smooth_size, cfg.ndim) - wf + SMOOTH_PRIOR * mean
+    den = ops.box_sum(w, cfg.smooth_size, cfg.ndim) - w + SMOOTH_PRIOR
+    return params, (num / den).astype(f.dtype), jnp.asarray(0, jnp.int32)
 
 
 def fit_linear(f: jax.Array, w: jax.Array, cfg: TrainConfig, ridge: float = 1e-5):
@@ -583,6 +609,8 @@ def fit(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, kind: str,
         return fit_linear(f, w, cfg)
     if kind == "constant":
         return fit_constant(f, w)
+    if kind == "smooth":
+        return fit_smooth(f, w, cfg)
     raise ValueError(f"unknown expert kind {kind!r}; expected one of {KINDS}")
 
 

@@ -71,7 +71,8 @@ def test_int_fields_reject_non_integers(name, value):
 
 @pytest.mark.parametrize("name", _names("int"))
 def test_int_fields_accept_numpy_integers(name):
-    v = {"data_filter": 5, "linear_size": 5, "crop_size": 16, "tile_size": 16}.get(name, 3)
+    v = {"data_filter": 5, "linear_size": 5, "smooth_size": 5, "crop_size": 16,
+         "tile_size": 16}.get(name, 3)
     cfg = Self2SegConfig(**{name: np.int64(v)})
     assert getattr(cfg, name) == v
 
@@ -116,6 +117,8 @@ BAD_RANGES = [
     ("data_filter", -1, "data_filter"),
     ("linear_size", 6, "linear_size must be an odd integer >= 1"),
     ("linear_size", -3, "linear_size"),
+    ("smooth_size", 4, "smooth_size must be an odd integer >= 1"),
+    ("smooth_size", 0, "smooth_size"),
     ("net_width", 0, "net_width must be an integer >= 1"),
     ("net_depth", 0, "net_depth"),
     ("train_max_steps", 0, "train_max_steps"),
@@ -173,6 +176,7 @@ def test_every_numeric_field_has_a_range_case():
         ("train_patience", 0),
         ("data_filter", 1),
         ("linear_size", 1),
+        ("smooth_size", 1),
         ("threshold", 1e-6),
         ("threshold", 1 - 1e-6),
         ("max_outer", 1),
@@ -455,7 +459,7 @@ def test_min_image_size():
 
 
 def test_module_constants():
-    assert config.EXPERT_KINDS == ("n2f", "linear", "constant")
+    assert config.EXPERT_KINDS == ("n2f", "linear", "constant", "smooth")
     assert CHOICES["fg_expert"] == CHOICES["bg_expert"] == EXPERT_KINDS
     assert CHOICES["data_term"] == ("output", "blind_spot")
 

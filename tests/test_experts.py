@@ -1,4 +1,4 @@
-"""Expert denoisers and their region-restricted W-steps (constant, linear, Noise2Fast CNN),
+"""Expert denoisers and their region-restricted W-steps (constant, smooth, linear, Noise2Fast CNN),
 N-D / multi-channel experts, stacked experts (fit_group), whole-image Noise2Fast (denoise)
 and blind-spot predictions."""
 
@@ -30,12 +30,87 @@ def test_train_config_is_static_and_has_no_kind():
     cfg = experts.TrainConfig()
     assert not hasattr(cfg, "kind")
     hash(cfg)
-    assert experts.KINDS == ("n2f", "linear", "constant")
+    assert experts.KINDS == ("n2f", "linear", "constant", "smooth")
 
 
 # --------------------------------------------------------------------------------------
 # constant
 # --------------------------------------------------------------------------------------
+
+
+def _smooth_ref(f, w, size, ndim):
+    """Brute force (float64): leave-one-out weighted local mean + SMOOTH_PRIOR x region mean."""
+    f, w = np.asarray(f, np.float64), np.asarray(w, np.float64)
+    axes = tuple(range(-ndim, 0))
+    c = (w * f).sum(axis=axes) / w.sum()
+    c = c.reshape(c.shape + (1,) * ndim)
+    r, p = size // 2, experts.SMOOTH_PRIOR
+    out = np.zeros(np.broadcast_shapes(f.shape, w.shape))
+    for idx in np.ndindex(*w.shape):
+        win = tuple(slice(max(0, i - r), i + r + 1) for i in idx)
+        ws, fs = w[win], f[(Ellipsis,) + win]
+        num = (ws * fs).sum(axis=axes) - w[idx] * f[(Ellipsis,) + idx] + p * c[(Ellipsis,) + (0,) * ndim]
+        out[(Ellipsis,) + idx] = num / (ws.sum() - w[idx] + p)
+    return out
+
+
+@pytest.mark.parametrize("shape,ndim,size", [((13, 17), 2, 5), ((2, 9, 10), 2, 7),
+                                             ((6, 7, 8), 3, 3)])
+def test_fit_smooth_matches_bruteforce(shape, ndim, size, rng):
+    f = rng.random(shape).astype(np.float32)
+    w = (rng.random(shape[-ndim:]) < 0.6).astype(np.float32) * rng.random(shape[-ndim:]).astype(np.float32)
+    cfg = experts.TrainConfig(ndim=ndim, smooth_size=size, channels=shape[0] if len(shape) > ndim else 0)
+    params, den, steps = jax.jit(experts.fit_smooth, static_argnums=2)(jnp.asarray(f), jnp.asarray(w), cfg)
+    assert den.shape == f.shape and den.dtype == jnp.float32 and int(steps) == 0
+    np.testing.assert_allclose(np.asarray(den), _smooth_ref(f, w, size, ndim), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(params["c"]),
+                               np.asarray(experts.fit_constant(jnp.asarray(f), jnp.asarray(w))[0]["c"]))
+
+
+def test_fit_smooth_is_blind_and_local(rng):
+    """The output at a pixel does not see that pixel's value (except through the region mean,
+    a 1/N share damped by the prior); its window's pixels it sees, pixels beyond only that way."""
+    f = rng.random((20, 20)).astype(np.float32)
+    w = np.ones((20, 20), np.float32)
+    cfg = experts.TrainConfig(smooth_size=5)
+    fit = jax.jit(experts.fit_smooth, static_argnums=2)
+    a = np.asarray(fit(jnp.asarray(f), jnp.asarray(w), cfg)[1], np.float64)
+    g = f.copy()
+    g[10, 10] += 5.0
+    d = np.abs(np.asarray(fit(jnp.asarray(g), jnp.asarray(w), cfg)[1], np.float64) - a)
+    in_window = np.zeros_like(w, bool)
+    in_window[8:13, 8:13] = True
+    in_window[10, 10] = False
+    assert d[in_window].min() == pytest.approx(5.0 / 25, rel=1e-2)  # 1 of 24 + prior
+    prior_share = experts.SMOOTH_PRIOR * 5.0 / 400 / (24 + experts.SMOOTH_PRIOR)
+    assert d[10, 10] == pytest.approx(prior_share, rel=1e-2)
+    corner_share = experts.SMOOTH_PRIOR * 5.0 / 400 / (8 + experts.SMOOTH_PRIOR)  # 3x3 window
+    assert d[~in_window].max() == pytest.approx(corner_share, rel=1e-2)
+
+
+def test_fit_smooth_follows_a_background_ramp_a_constant_cannot():
+    """On a region whose intensity is a ramp, the local mean is unbiased in the interior (up to
+    the prior's pull, 1 pixel against the window's) while the region mean is off by the ramp."""
+    yy, xx = np.mgrid[:40, :40].astype(np.float32)
+    f = 0.2 + 0.6 * xx / 39
+    w = np.ones_like(f)
+    cfg = experts.TrainConfig(smooth_size=9)
+    den = np.asarray(experts.fit_smooth(jnp.asarray(f), jnp.asarray(w), cfg)[1])
+    inner = (slice(4, -4), slice(4, -4))
+    bound = np.abs(f - f.mean())[inner] / (81 - 1 + experts.SMOOTH_PRIOR) + 1e-5
+    assert (np.abs(den - f)[inner] <= bound).all()
+    assert np.abs(den - f)[inner].max() < 0.005 < np.abs(f.mean() - f)[inner].max() / 10
+
+
+def test_smooth_expert_has_no_apply_and_is_already_blind():
+    cfg = experts.TrainConfig()
+    p = experts.init_params(jax.random.key(0), "smooth", cfg)
+    assert p["c"].shape == ()
+    f = jnp.ones((8, 8), F32)
+    with pytest.raises(ValueError, match="depends on its region weight"):
+        experts.apply(p, f, "smooth", cfg)
+    den = jnp.full((8, 8), 0.25, F32)
+    assert experts.blind_spot_output(p, f, "smooth", cfg, den) is den
 
 
 def test_fit_constant_is_weighted_mean(rng):

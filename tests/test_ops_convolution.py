@@ -1,5 +1,5 @@
 """self2seg_jax.ops.convolution: the experts' SAME convolution (XLA's and the loop-safe backward pass),
-and the mean filter K_sigma of the filtered data terms, in 2-D and 3-D."""
+the mean filter K_sigma of the filtered data terms and the smooth expert's box sums, in 2-D and 3-D."""
 
 from __future__ import annotations
 
@@ -69,6 +69,37 @@ def test_mean_filter_size_one_is_identity(rng):
 def test_mean_filter_even_size_raises(size):
     with pytest.raises(ValueError, match="odd"):
         ops.mean_filter(jnp.zeros((6, 6), jnp.float32), size)
+
+
+# --------------------------------------------------------------------------------------
+# box sums (the smooth expert)
+# --------------------------------------------------------------------------------------
+
+
+def _box_sum_ref(x, size, ndim):
+    """Brute force: the sum over the window's pixels inside the array (float64)."""
+    r = size // 2
+    out = np.zeros_like(x, dtype=np.float64)
+    for idx in np.ndindex(*x.shape[-ndim:]):
+        win = (Ellipsis,) + tuple(slice(max(0, i - r), i + r + 1) for i in idx)
+        out[(Ellipsis,) + idx] = x[win].sum(axis=tuple(range(-ndim, 0)))
+    return out
+
+
+@pytest.mark.parametrize("size,shape,ndim", [(1, (5, 6), 2), (5, (9, 7), 2), (15, (6, 11), 2),
+                                             (3, (2, 7, 5), 2), (5, (4, 6, 5), 3),
+                                             (3, (2, 4, 5, 6), 3)])
+def test_box_sum_matches_bruteforce(size, shape, ndim, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    got = np.asarray(jax.jit(ops.box_sum, static_argnums=(1, 2))(jnp.asarray(x), size, ndim))
+    assert got.shape == shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, _box_sum_ref(x.astype(np.float64), size, ndim), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [0, 2, 6])
+def test_box_sum_bad_size_raises(size):
+    with pytest.raises(ValueError, match="odd integer >= 1"):
+        ops.box_sum(jnp.zeros((6, 6), jnp.float32), size)
 
 
 # --------------------------------------------------------------------------------------

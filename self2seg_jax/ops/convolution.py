@@ -1,8 +1,9 @@
-r"""Convolutions: the experts' ``SAME`` convolution (with a CPU-loop-safe backward pass) and the
-mean filter ``K_sigma`` of the filtered data terms (paper Example 1).
+r"""Convolutions: the experts' ``SAME`` convolution (with a CPU-loop-safe backward pass), the
+mean filter ``K_sigma`` of the filtered data terms (paper Example 1) and the box sums of the
+smooth expert.
 
 Layouts: ``conv`` takes channel-last ``(n, *s, c_in)`` images and ``(*k, c_in, c_out)`` kernels
-for 2-D or 3-D ``s``; ``mean_filter`` acts on the last ``ndim`` axes of any array.
+for 2-D or 3-D ``s``; ``mean_filter`` and ``box_sum`` act on the last ``ndim`` axes of any array.
 """
 
 from __future__ import annotations
@@ -122,3 +123,17 @@ def mean_filter(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
         c = c.reshape([n if b == a else 1 for b in range(ndim)])
         count = c if count is None else count * c
     return s / count
+
+
+def box_sum(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
+    """Sum over a ``size^ndim`` window centred on each pixel of the last ``ndim`` axes, with
+    zeros outside the array; separable (one 1-D window sum per axis, ``ndim * size`` adds per
+    pixel). Shape and dtype of ``x``; ``size`` odd >= 1."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"box size must be an odd integer >= 1, got {size}")
+    r, lead = size // 2, x.ndim - ndim
+    for a in range(lead, x.ndim):
+        window = tuple(size if b == a else 1 for b in range(x.ndim))
+        pads = tuple((r, r) if b == a else (0, 0) for b in range(x.ndim))
+        x = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, window, (1,) * x.ndim, pads)
+    return x
