@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
+    # the commit and tree state the runs start from (read now: the tree may change meanwhile)
+    record = provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))
     images = {(n, size, sd): s2s.data.synthetic_nuclei(1000 + sd, (size, size), noise=n)
               for n, size, seeds in CELLS for sd in seeds}
     rows = []
@@ -109,8 +111,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "summary.json").write_text(json.dumps(
-        {"summary": summary, "crop_batch": args.crop_batch,
-         **provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))},
+        {"summary": summary, "crop_batch": args.crop_batch, **record},
         indent=1) + "\n")
     return 0
 

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dev_volume")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
+    machine = provenance.provenance(ROOT)  # the commit and tree state the runs start from
     vols = volumes()
     rows = []
     for name, (noisy, gt) in vols.items():
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "summary.json").write_text(json.dumps(
-        {"synthetic_mean_dice": syn, "variants": VARIANTS, "machine": provenance.provenance(ROOT),
+        {"synthetic_mean_dice": syn, "variants": VARIANTS, "machine": machine,
          "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:]))},
         indent=1) + "\n")
     return 0
