@@ -20,8 +20,9 @@ Four kinds of expert (the first three: paper Example 1):
   :data:`SMOOTH_PRIOR` (far from the region the output tends to ``c``). Leaving out the pixel
   itself makes it blind (its output at ``x`` sees ``f(x)`` only through ``c``, a ``1/N``
   share damped by ``p``). Not the exact minimiser of the data term (as the CNN, it does not
-  guarantee a falling energy). The window should be several times wider than the objects: an object left in the region by
-  the start fills a narrower window, and the local mean then explains it.
+  guarantee a falling energy). The window should be several times wider than the objects: an
+  object left in the region by the start fills a narrower window, and the local mean then
+  explains it.
 
 Shapes: ``f`` is ``(*s)`` or ``(L, *s)`` (channel-first), a region weight ``w`` is ``(*s)``;
 every fit returns ``(params, output D(f) shaped like f, Adam steps)``. Params are pytrees, so

@@ -109,11 +109,8 @@ def mean_filter(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
         return x
     if size % 2 == 0:
         raise ValueError(f"mean filter size must be odd, got {size}")
-    r = size // 2
-    lead = x.ndim - ndim
-    window = (1,) * lead + (size,) * ndim
-    pads = [(0, 0)] * lead + [(r, r)] * ndim
-    s = lax.reduce_window(x, 0.0, lax.add, window, (1,) * x.ndim, pads)
+    r, lead = size // 2, x.ndim - ndim
+    s = box_sum(x, size, ndim)
     # Window counts: a product of 1-D counts (no reduce_window over a constant, which XLA
     # would constant-fold at compile time for large images).
     count = None
