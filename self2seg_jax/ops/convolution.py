@@ -31,8 +31,9 @@ def conv_loopsafe(x: jax.Array, w: jax.Array, padding: str = "SAME") -> jax.Arra
     Forward is ``lax.conv_general_dilated``. XLA:CPU runs the convolution *gradient* kernels
     10–20x slower inside ``while_loop``/``scan`` bodies than outside (jax-ml/jax#12868), and the
     experts are trained inside such loops; here the input gradient is a forward convolution
-    with the flipped, transposed kernel and the weight gradient a sum of ``prod(k)`` shifted
-    matrix products. Equal to the autodiff of ``lax.conv_general_dilated`` up to rounding.
+    with the flipped, transposed kernel and the weight gradient ``prod(k)`` matrix products of
+    the output gradient with shifted input windows (:func:`_filter_grad`). Equal to the autodiff
+    of ``lax.conv_general_dilated`` up to rounding.
 
     Args:
       x: ``(n, *s, c_in)``, ``len(s)`` 2 or 3.
@@ -59,13 +60,25 @@ def _conv_bwd(padding, res, g):
         dx = _conv_plain(jnp.pad(g, [(0, 0)] + [(k - 1, k - 1) for k in ks] + [(0, 0)]), wt,
                          "VALID")
         xp = x
-    size = g.shape[1:-1]
+    return dx, _filter_grad(xp, g, ks).astype(w.dtype)
+
+
+def _filter_grad(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Array:
+    """``dw[k] = sum_{n, s} xp[n, s + k] g[n, s]`` (``(*ks, c_in, c_out)``) for the output
+    gradient ``g`` ``(n, *s, c_out)`` and the (padded) input ``xp`` ``(n, *(s + ks - 1), c_in)``.
+
+    One matrix product ``g^T window_k`` ``(c_out, c_in)`` per kernel offset ``k``, contracting
+    the leading (batch and spatial) axes. In this order XLA:CPU transposes ``g`` once for all
+    ``prod(ks)`` products and only slices the windows; the order ``window_k^T g`` transposes
+    every window, which made those copies most of a training step
+    (``benchmarks/bench_conv_bwd.py``)."""
+    nsp = len(ks)
+    lead = tuple(range(nsp + 1))
     rows = []
     for off in itertools.product(*(range(k) for k in ks)):
-        win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, size))]
-        rows.append(jnp.tensordot(win, g, axes=(tuple(range(nsp + 1)), tuple(range(nsp + 1)))))
-    dw = jnp.stack(rows, 0).reshape(ks + (x.shape[-1], g.shape[-1]))
-    return dx, dw.astype(w.dtype)
+        win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, g.shape[1:-1]))]
+        rows.append(jnp.tensordot(g, win, axes=(lead, lead)))
+    return jnp.swapaxes(jnp.stack(rows, 0), -1, -2).reshape(ks + (xp.shape[-1], g.shape[-1]))
 
 
 conv_loopsafe.defvjp(_conv_fwd, _conv_bwd)

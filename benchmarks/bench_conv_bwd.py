@@ -1,0 +1,241 @@
+"""The loop-safe convolution's filter gradient in two operand orders, side by side (issue 13).
+
+``ops.conv_loopsafe`` computes the weight gradient of a convolution as one matrix product per
+kernel offset, contracting the batch and spatial axes of the output gradient ``g`` and of an
+input window shifted by that offset. Written as ``window^T g`` (the library until session 16),
+XLA:CPU transposes every window before its product; written as ``g^T window`` (now), it
+transposes ``g`` once for all offsets and only slices the windows. Same numbers up to float
+rounding. This script times both in the same code paths:
+
+* ``train2d`` / ``train3d`` — the default expert's crop training (``experts.fit_n2f_crops``,
+  a fixed number of Adam steps, validation and the final tiled pass included), per Adam step,
+  both orders compiled in one process and the timed calls alternating (``--repeat`` pairs,
+  medians), with their compile times;
+* ``--profile``: XLA's own per-op times (``jax.profiler``) of one ``train2d`` call per order,
+  summed by fused-op kind — where the time goes;
+* ``--whole``: ``segment`` with default options on the 128^2 comparison patch (sigma 30, noise
+  seed 0) and on the bundled 3-D stack, each in a fresh process per order (alternating): a
+  first call (compilation included) and a warm call with another key, Dice, Adam steps and
+  outer iterations (the two orders round differently, so a run may take another path).
+
+Writes ``results/conv_bwd/components.json`` (and ``whole.json``) with the machine.
+
+    python benchmarks/bench_conv_bwd.py --profile           # ~3 min on 2 cores
+    python benchmarks/bench_conv_bwd.py --no-components --whole   # ~10 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import itertools
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import self2seg_jax as s2s
+from self2seg_jax import backend, experts, io, provenance
+from self2seg_jax.ops import convolution
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDERS = ("windows_first", "grad_first")
+_LIBRARY = convolution._filter_grad
+
+
+def _filter_grad_windows_first(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Array:
+    """The previous operand order: ``window_k^T g`` per offset (same result as the library's
+    ``_filter_grad`` up to rounding)."""
+    nsp = len(ks)
+    lead = tuple(range(nsp + 1))
+    rows = []
+    for off in itertools.product(*(range(k) for k in ks)):
+        win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, g.shape[1:-1]))]
+        rows.append(jnp.tensordot(win, g, axes=(lead, lead)))
+    return jnp.stack(rows, 0).reshape(ks + (xp.shape[-1], g.shape[-1]))
+
+
+def use(order: str) -> None:
+    """Make the loop-safe convolution's backward pass use ``order`` from the next trace on."""
+    convolution._filter_grad = {"windows_first": _filter_grad_windows_first,
+                                "grad_first": _LIBRARY}[order]
+
+
+def _image(ndim: int) -> jax.Array:
+    if ndim == 2:
+        img = s2s.data.add_gaussian_noise(0, s2s.data.sample_patches(128)[9][1], 30.0)
+    else:
+        img = s2s.data.synthetic_nuclei(2000, (32, 64, 64), noise=20)[0]
+    img = np.asarray(img, np.float32)
+    return jnp.asarray((img - img.min()) / (img.max() - img.min()))
+
+
+def _case(ndim: int, steps: int):
+    """``(function, arguments)``: ``steps`` Adam steps of the default expert's crop training."""
+    f = _image(ndim)
+    w = (f > f.mean()).astype(jnp.float32)
+    cfg = s2s.Self2SegConfig(train_max_steps=steps, train_min_steps=steps).spec(ndim=ndim).train
+    p = experts.init_params(jax.random.key(0), "n2f", cfg)
+    return (lambda k, p, f, w: experts.fit_n2f_crops(k, p, f, w, 1e-3, cfg)[1],
+            (jax.random.key(1), p, f, w))
+
+
+def _timed(f, a) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(f(*a))
+    return time.perf_counter() - t
+
+
+def _components(args) -> list:
+    rows = []
+    for name, nd, steps in (("train2d", 2, args.steps), ("train3d", 3, max(args.steps // 8, 5))):
+        fn, a = _case(nd, steps)
+        fns, first = {}, {}
+        for order in ORDERS:
+            use(order)
+            fns[order] = backend.jit(lambda *x, fn=fn: fn(*x))
+            first[order] = _timed(fns[order], a)  # compilation + one call
+        outs = {o: np.asarray(fns[o](*a)) for o in ORDERS}
+        times = {o: [] for o in ORDERS}
+        for _ in range(args.repeat):
+            for o in ORDERS:
+                times[o].append(1e3 * _timed(fns[o], a) / steps)
+        med = {o: statistics.median(v) for o, v in times.items()}
+        rows.append({"case": name, "steps": steps, "unit": "ms per Adam step",
+                     "median_ms": {o: round(m, 2) for o, m in med.items()},
+                     "windows_first_over_grad_first": round(med["windows_first"]
+                                                            / med["grad_first"], 3),
+                     "first_call_s": {o: round(v, 1) for o, v in first.items()},
+                     "max_abs_output_difference": float(np.max(np.abs(
+                         outs["windows_first"] - outs["grad_first"]))),
+                     "all_ms": {o: [round(x, 2) for x in v] for o, v in times.items()}})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "all_ms"}), flush=True)
+    return rows
+
+
+def _profile(args) -> dict:
+    """XLA's per-op times of one ``train2d`` call per order, summed by op kind (ms)."""
+    fn, a = _case(2, args.steps)
+    out = {}
+    for order in ORDERS:
+        use(order)
+        f = backend.jit(lambda *x: fn(*x))
+        jax.block_until_ready(f(*a))
+        with tempfile.TemporaryDirectory() as tmp:
+            jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+            wall = _timed(f, a)
+            jax.profiler.stop_trace()
+            trace = json.load(gzip.open(next(Path(tmp).rglob("*.trace.json.gz"))))
+        kinds = collections.Counter()
+        for e in trace["traceEvents"] if isinstance(trace, dict) else trace:
+            name = e.get("name", "")
+            if e.get("ph") != "X" or name.startswith(("$", "end: ")) or "Execute" in name:
+                continue
+            kinds[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0) / 1e3
+        total = sum(kinds.values())
+        out[order] = {"wall_ms_per_step": round(1e3 * wall / args.steps, 2),
+                      "op_ms_total": round(total, 1),
+                      "top_kinds_ms": {k: round(v, 1) for k, v in kinds.most_common(8)},
+                      "top_kinds_share": {k: round(v / total, 3) for k, v in
+                                          kinds.most_common(8)}}
+        print(order, json.dumps(out[order]), flush=True)
+    return out
+
+
+WHOLE = ("patch128", "stack3d")
+
+
+def _one(case: str, order: str) -> dict:
+    """A fresh process's cold and warm ``segment`` call on ``case`` with filter-grad ``order``."""
+    use(order)
+    if case == "stack3d":
+        img, gt = s2s.data.load_sample_3d()
+        noisy, kw = img, {"volume": True}
+    else:
+        img, gt = s2s.data.load_sample(crop=(256, 128, 384, 256))
+        noisy, kw = s2s.data.add_gaussian_noise(0, img, 30.0), {}
+    t = time.perf_counter()
+    s2s.segment(jax.random.key(0), noisy, **kw)
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    r = s2s.segment(jax.random.key(1), noisy, **kw)
+    warm = time.perf_counter() - t
+    return {"case": case, "order": order, "cold_s": round(cold, 2), "warm_s": round(warm, 2),
+            "dice": round(s2s.metrics.dice(r.mask, gt), 4),
+            "train_steps": int(np.sum(r.train_steps)), "num_outer": int(r.num_outer)}
+
+
+def _child(args: list) -> dict:
+    p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(args)}: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _whole() -> dict:
+    rows = []
+    for case in WHOLE:
+        for order in ORDERS:
+            rows.append(_child(["--one", case, order]))
+            print(json.dumps(rows[-1]), flush=True)
+    by = {(r["case"], r["order"]): r for r in rows}
+    ratios = {c: {"warm_windows_first_over_grad_first": round(
+                      by[c, "windows_first"]["warm_s"] / by[c, "grad_first"]["warm_s"], 3),
+                  "per_step_windows_first_over_grad_first": round(
+                      (by[c, "windows_first"]["warm_s"] / by[c, "windows_first"]["train_steps"])
+                      / (by[c, "grad_first"]["warm_s"] / by[c, "grad_first"]["train_steps"]),
+                      3)}
+              for c in WHOLE}
+    print(json.dumps(ratios), flush=True)
+    return {"rows": rows, "ratios": ratios}
+
+
+def _write(path: Path, record: dict, start: dict) -> None:
+    """``record`` with ``start`` (:func:`provenance.run_record` taken when the run began: the
+    commit it ran) and the load average at its end."""
+    io.write_json(path, {**record, **start, "load_average_end": list(os.getloadavg())},
+                  overwrite=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=150, help="Adam steps per 2-D training call "
+                    "(3-D: an eighth)")
+    ap.add_argument("--repeat", type=int, default=5, help="alternating timed pairs")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv_bwd")
+    ap.add_argument("--profile", action="store_true", help="XLA op times by kind (train2d)")
+    ap.add_argument("--whole", action="store_true", help="whole runs in fresh processes")
+    ap.add_argument("--no-components", action="store_true")
+    ap.add_argument("--one", nargs=2, metavar=("CASE", "ORDER"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(_one(*args.one)), flush=True)
+        return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    start = provenance.run_record(ROOT, ["benchmarks/bench_conv_bwd.py", *argv])
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.no_components or args.profile:
+        record = {}
+        if not args.no_components:
+            record["rows"] = _components(args)
+        if args.profile:
+            record["profile_train2d"] = _profile(args)
+        _write(args.out / "components.json", record, start)
+    if args.whole:
+        _write(args.out / "whole.json", _whole(), start)
+    use("grad_first")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
