@@ -1,27 +1,40 @@
-"""The loop-safe convolution's filter gradient in two operand orders, side by side (issue 13).
+"""The experts' training step in the formulations of session 15 and now, side by side (issue 13).
+
+Three changes of session 16, each the same arithmetic up to float rounding:
+
+* **filter gradient operand order** (below);
+* **bias gradient**: the loop-safe path adds the bias with :func:`ops.convolution.add_bias`,
+  whose gradient is a matrix-vector product instead of XLA:CPU's reduction over the leading
+  axes (``bias="dot"``; before: ``"reduce"``);
+* **one expert pass per step**: both checkerboard pairs of the crops concatenated into one batch
+  (``passes="one"``; before: one pass per pair, ``"two"``), which mainly shortens compilation.
+
+Variants: ``s15`` (all three as before), ``filter_grad_first`` (only the first change) and
+``library`` (all three: the library as it is).
 
 ``ops.conv_loopsafe`` computes the weight gradient of a convolution as one matrix product per
 kernel offset, contracting the batch and spatial axes of the output gradient ``g`` and of an
 input window shifted by that offset. Written as ``window^T g`` (the library until session 16),
 XLA:CPU transposes every window before its product; written as ``g^T window`` (now), it
 transposes ``g`` once for all offsets and only slices the windows. Same numbers up to float
-rounding. This script times both in the same code paths:
+rounding. This script times the variants in the same code paths:
 
 * ``train2d`` / ``train3d`` — the default expert's crop training (``experts.fit_n2f_crops``,
   a fixed number of Adam steps, validation and the final tiled pass included), per Adam step,
-  both orders compiled in one process and the timed calls alternating (``--repeat`` pairs,
-  medians), with their compile times;
-* ``--profile``: XLA's own per-op times (``jax.profiler``) of one ``train2d`` call per order,
+  the variants compiled in one process and the timed calls alternating (``--repeat`` rounds,
+  medians), with their first calls (compilation included);
+* ``--profile``: XLA's own per-op times (``jax.profiler``) of one ``train2d`` call per variant,
   summed by fused-op kind — where the time goes;
 * ``--whole``: ``segment`` with default options on the 128^2 comparison patch (sigma 30, noise
-  seed 0) and on the bundled 3-D stack, each in a fresh process per order (alternating): a
+  seed 0) and on the bundled 3-D stack, each in a fresh process for ``s15`` and ``library``: a
   first call (compilation included) and a warm call with another key, Dice, Adam steps and
-  outer iterations (the two orders round differently, so a run may take another path).
+  outer iterations (the variants round differently, so a run may take another path).
 
-Writes ``results/conv_bwd/components.json`` (and ``whole.json``) with the machine.
+Writes ``results/train_step/components.json`` (and ``whole.json``) with the machine. At commit
+1b5ded1 the script compared the two filter-gradient orders only (``windows_first`` /
+``grad_first``); its files are in ``results/conv_bwd/``.
 
-    python benchmarks/bench_conv_bwd.py --profile           # ~3 min on 2 cores
-    python benchmarks/bench_conv_bwd.py --no-components --whole   # ~10 min
+    python benchmarks/bench_conv_bwd.py --profile --whole   # ~15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -45,12 +58,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import self2seg_jax as s2s
-from self2seg_jax import backend, experts, io, provenance
+from self2seg_jax import backend, experts, io, ops, provenance
 from self2seg_jax.ops import convolution
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDERS = ("windows_first", "grad_first")
-_LIBRARY = convolution._filter_grad
+VARIANTS = {"s15": dict(filter="windows_first", bias="reduce", passes="two"),
+            "filter_grad_first": dict(filter="grad_first", bias="reduce", passes="two"),
+            "library": dict(filter="grad_first", bias="dot", passes="one")}
+ORDERS = tuple(VARIANTS)
+_LIBRARY = (convolution._filter_grad, ops.conv_bias, experts.crop_loss)
 
 
 def _filter_grad_windows_first(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Array:
@@ -65,10 +81,27 @@ def _filter_grad_windows_first(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Ar
     return jnp.stack(rows, 0).reshape(ks + (xp.shape[-1], g.shape[-1]))
 
 
-def use(order: str) -> None:
-    """Make the loop-safe convolution's backward pass use ``order`` from the next trace on."""
-    convolution._filter_grad = {"windows_first": _filter_grad_windows_first,
-                                "grad_first": _LIBRARY}[order]
+def _conv_bias_reduce(x, w, b, *, impl="lax", padding="SAME"):
+    """Session 15's bias: a broadcast add (its gradient a reduction)."""
+    return ops.conv(x, w, impl=impl, padding=padding) + b
+
+
+def _crop_loss_two_passes(params, x, wt, v, axis, cfg):
+    """Session 15's ``experts.crop_loss`` without a crop mesh: one expert pass per pair."""
+    pairs, wpairs, vpairs = (ops.checkerboard_pairs(a, cfg.ndim, axis) for a in (x, wt, v))
+    tot = 0.0
+    for (xi, yi), (_, wi), (vi, _) in zip(pairs, wpairs, vpairs):
+        tot = tot + experts._crop_error(params, xi, wi, vi, yi, cfg)
+    return tot / max(cfg.channels, 1)
+
+
+def use(variant: str) -> None:
+    """Make the experts' training use ``variant``'s formulation from the next trace on."""
+    v = VARIANTS[variant]
+    convolution._filter_grad = (_LIBRARY[0] if v["filter"] == "grad_first"
+                                else _filter_grad_windows_first)
+    ops.conv_bias = _LIBRARY[1] if v["bias"] == "dot" else _conv_bias_reduce
+    experts.crop_loss = _LIBRARY[2] if v["passes"] == "one" else _crop_loss_two_passes
 
 
 def _image(ndim: int) -> jax.Array:
@@ -113,11 +146,10 @@ def _components(args) -> list:
         med = {o: statistics.median(v) for o, v in times.items()}
         rows.append({"case": name, "steps": steps, "unit": "ms per Adam step",
                      "median_ms": {o: round(m, 2) for o, m in med.items()},
-                     "windows_first_over_grad_first": round(med["windows_first"]
-                                                            / med["grad_first"], 3),
+                     "over_library": {o: round(m / med["library"], 3) for o, m in med.items()},
                      "first_call_s": {o: round(v, 1) for o, v in first.items()},
-                     "max_abs_output_difference": float(np.max(np.abs(
-                         outs["windows_first"] - outs["grad_first"]))),
+                     "max_abs_output_difference_to_library": {o: float(np.max(np.abs(
+                         outs[o] - outs["library"]))) for o in ORDERS},
                      "all_ms": {o: [round(x, 2) for x in v] for o, v in times.items()}})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "all_ms"}), flush=True)
     return rows
@@ -156,7 +188,7 @@ WHOLE = ("patch128", "stack3d")
 
 
 def _one(case: str, order: str) -> dict:
-    """A fresh process's cold and warm ``segment`` call on ``case`` with filter-grad ``order``."""
+    """A fresh process's cold and warm ``segment`` call on ``case`` with variant ``order``."""
     use(order)
     if case == "stack3d":
         img, gt = s2s.data.load_sample_3d()
@@ -185,16 +217,17 @@ def _child(args: list) -> dict:
 def _whole() -> dict:
     rows = []
     for case in WHOLE:
-        for order in ORDERS:
+        for order in ("s15", "library"):
             rows.append(_child(["--one", case, order]))
             print(json.dumps(rows[-1]), flush=True)
     by = {(r["case"], r["order"]): r for r in rows}
-    ratios = {c: {"warm_windows_first_over_grad_first": round(
-                      by[c, "windows_first"]["warm_s"] / by[c, "grad_first"]["warm_s"], 3),
-                  "per_step_windows_first_over_grad_first": round(
-                      (by[c, "windows_first"]["warm_s"] / by[c, "windows_first"]["train_steps"])
-                      / (by[c, "grad_first"]["warm_s"] / by[c, "grad_first"]["train_steps"]),
-                      3)}
+    ratios = {c: {"warm_s15_over_library": round(
+                      by[c, "s15"]["warm_s"] / by[c, "library"]["warm_s"], 3),
+                  "cold_s15_over_library": round(
+                      by[c, "s15"]["cold_s"] / by[c, "library"]["cold_s"], 3),
+                  "per_step_s15_over_library": round(
+                      (by[c, "s15"]["warm_s"] / by[c, "s15"]["train_steps"])
+                      / (by[c, "library"]["warm_s"] / by[c, "library"]["train_steps"]), 3)}
               for c in WHOLE}
     print(json.dumps(ratios), flush=True)
     return {"rows": rows, "ratios": ratios}
@@ -212,7 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150, help="Adam steps per 2-D training call "
                     "(3-D: an eighth)")
     ap.add_argument("--repeat", type=int, default=5, help="alternating timed pairs")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv_bwd")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_step")
     ap.add_argument("--profile", action="store_true", help="XLA op times by kind (train2d)")
     ap.add_argument("--whole", action="store_true", help="whole runs in fresh processes")
     ap.add_argument("--no-components", action="store_true")
@@ -233,7 +266,7 @@ def main(argv=None) -> int:
         _write(args.out / "components.json", record, start)
     if args.whole:
         _write(args.out / "whole.json", _whole(), start)
-    use("grad_first")
+    use("library")
     return 0
 
 

@@ -185,6 +185,39 @@ def test_conv_loopsafe_3d_forward_and_grads(rng):
         _close(a, b, rtol=2e-4)
 
 
+@pytest.mark.parametrize("impl", ["loopsafe", "lax"])
+@pytest.mark.parametrize("shape", [(2, 9, 7), (1, 5, 6, 7)])
+def test_conv_bias_value_and_grads_match_autodiff(impl, shape, rng):
+    """``conv_bias`` = convolution + per-channel bias; its gradients in x, w and b equal
+    autodiff of XLA's convolution plus a broadcast add (the loop-safe bias gradient is a
+    matrix-vector product, not a reduction)."""
+    nsp = len(shape) - 1
+    x = jnp.asarray(rng.normal(size=shape + (3,)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3,) * nsp + (3, 4)) / 3, jnp.float32)
+    b = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+    ct = jnp.asarray(rng.normal(size=shape + (4,)), jnp.float32)
+
+    def loss(fn):
+        return lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b)) * ct)
+
+    @jax.jit
+    def both(x, w, b):
+        mine = lambda x, w, b: ops.conv_bias(x, w, b, impl=impl)  # noqa: E731
+        ref = lambda x, w, b: _lax_conv(x, w) + b  # noqa: E731
+        return ((mine(x, w, b), ref(x, w, b)), jax.grad(loss(mine), argnums=(0, 1, 2))(x, w, b),
+                jax.grad(loss(ref), argnums=(0, 1, 2))(x, w, b))
+
+    (y, y_ref), g, g_ref = both(x, w, b)
+    _close(y_ref, _conv_ref(x, w) + np.asarray(b))
+    _close(y, y_ref, rtol=1e-5)
+    for a, r in zip(g, g_ref, strict=True):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        _close(a, r, rtol=2e-4)
+    # the bias gradient is the sum of the output cotangent over batch and space
+    dy = np.cos(np.asarray(y_ref, np.float64)) * np.asarray(ct)
+    np.testing.assert_allclose(np.asarray(g[2]), dy.reshape(-1, 4).sum(0), rtol=1e-4, atol=1e-3)
+
+
 def test_conv_unknown_impl_raises():
     with pytest.raises(ValueError, match="impl"):
         ops.conv(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), impl="fft")

@@ -84,6 +84,25 @@ def _filter_grad(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Array:
 conv_loopsafe.defvjp(_conv_fwd, _conv_bwd)
 
 
+@jax.custom_vjp
+def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
+    """``y + b`` for channel-last ``y`` ``(..., c)`` and ``b`` ``(c,)``; the bias gradient is a
+    matrix-vector product (XLA:CPU's reduction over the leading axes is several times slower)."""
+    return y + b
+
+
+def _add_bias_fwd(y, b):
+    return y + b, None
+
+
+def _add_bias_bwd(_, g):
+    g2 = g.reshape(-1, g.shape[-1])
+    return g, jnp.dot(jnp.ones((g2.shape[0],), g.dtype), g2)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def _conv3d_by_slices(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
     """A 3-D convolution as ``k_z`` 2-D loop-safe convolutions over z-shifted slices: XLA:CPU
     runs 2-D convolutions faster than 3-D ones."""
@@ -110,6 +129,14 @@ def conv(x: jax.Array, w: jax.Array, *, impl: str = "lax", padding: str = "SAME"
     if impl == "lax":
         return _conv_plain(x, w, padding)
     raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
+
+
+def conv_bias(x: jax.Array, w: jax.Array, b: jax.Array, *, impl: str = "lax",
+              padding: str = "SAME") -> jax.Array:
+    """:func:`conv` plus a per-channel bias ``b`` ``(c_out,)``; with ``impl="loopsafe"`` the
+    bias gradient is a matrix-vector product too (:func:`add_bias`)."""
+    y = conv(x, w, impl=impl, padding=padding)
+    return add_bias(y, b) if impl == "loopsafe" else y + b
 
 
 def mean_filter(x: jax.Array, size: int, ndim: int = 2) -> jax.Array:
