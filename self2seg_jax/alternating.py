@@ -75,6 +75,8 @@ class Spec:
       data_filter: odd mean-filter size of the data terms (1 = off).
       blind_spot: data terms from the experts' blind-spot predictions.
       batch: ``"vmap"`` or ``"map"`` for experts of one kind (:func:`experts.fit_group`).
+      pd_block_pixels: mask-step iterations in bands of about this many pixels
+        (:class:`pdhg.Problem`; 0 = whole arrays).
     """
 
     kinds: tuple
@@ -89,6 +91,7 @@ class Spec:
     pd_accelerated: bool = False
     isotropic_tv: bool = True
     batch: str = "map"
+    pd_block_pixels: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +111,7 @@ class Spec:
     def problem(self) -> pdhg.Problem:
         return pdhg.Problem(relaxation=pdhg.relaxation_for(self.num_classes), ndim=self.ndim,
                             spacing=self.spacing, isotropic=self.isotropic_tv,
-                            accelerated=self.pd_accelerated)
+                            accelerated=self.pd_accelerated, block_pixels=self.pd_block_pixels)
 
 
 class State(NamedTuple):

@@ -44,6 +44,7 @@ loop ends when it is below ``tol``, at ``max_iter`` or on a non-finite value (``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -134,13 +135,21 @@ def step_size(ndim: int = 2, spacing=None) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """The static description of one mask-step problem (hashable)."""
+    """The static description of one mask-step problem (hashable).
+
+    ``block_pixels > 0``: run the iterations between two gap checks band by band along the first
+    spatial axis (:func:`blocked_steps`), each band about this many pixels including its halos,
+    when the image is larger than two bands — the same iterates, computed in cache-sized pieces
+    (XLA:CPU makes about eleven passes over memory per iteration; a 2048^2 image runs ~3x slower
+    per pixel than a band of 2^18 pixels). 0: whole arrays (accelerators, sharded images).
+    """
 
     relaxation: Relaxation = BOX
     ndim: int = 2
     spacing: tuple | None = None
     isotropic: bool = True
     accelerated: bool = False
+    block_pixels: int = 0
 
 
 def init_state(r: jax.Array, prob: Problem, *, u0=None, p0=None) -> PDState:
@@ -169,6 +178,59 @@ def pd_step(s: PDState, r, lam, prob: Problem, *, mu=0.0, u_ref=None, eps=0.0) -
     theta = lax.rsqrt(1.0 + 2.0 * mu_w * tau) if prob.accelerated else jnp.ones_like(tau)
     return s._replace(u=u, u_bar=u + theta * (u - s.u), p=p, tau=theta * tau,
                       sigma=sigma / theta, it=s.it + 1)
+
+
+def _band_layout(prob: Problem, shape: tuple, n_steps: int):
+    """``(axis, rows, core, halo, starts)`` of :func:`blocked_steps` for arrays of ``shape``, or
+    ``None`` when blocking does not pay (no ``block_pixels``, or fewer than three bands)."""
+    if prob.block_pixels <= 0:
+        return None
+    ax = len(shape) - prob.ndim
+    rows, row_pixels = shape[ax], math.prod(shape[:ax] + shape[ax + 1:])
+    halo = n_steps + 1  # an iteration reads one row beyond each side along the axis
+    core = max(halo, prob.block_pixels // max(row_pixels, 1) - 2 * halo)
+    if rows < 3 * (core + 2 * halo):
+        return None
+    n = -(-rows // core)
+    starts = tuple(min(b * core, rows - core) for b in range(n))
+    return ax, rows, core, halo, starts
+
+
+def blocked_steps(s: PDState, r, lam, prob: Problem, n_steps: int, **kw) -> PDState:
+    """``n_steps`` iterations of :func:`pd_step`, band by band along the first spatial axis.
+
+    Each band's core rows are computed from a window with ``n_steps + 1`` halo rows on either
+    side (cut from the previous state; at the image border the window ends there): information
+    moves one row per iteration, so the core comes out as the whole-image iterates would (equal
+    up to float rounding). The state's scalars evolve alike in every band. Falls back to plain
+    iterations when :func:`_band_layout` says blocking does not pay."""
+    layout = _band_layout(prob, s.u.shape, n_steps)
+    if layout is None:
+        return lax.fori_loop(0, n_steps, lambda _, t: pd_step(t, r, lam, prob, **kw), s)
+    ax, rows, core, halo, starts = layout
+    win = core + 2 * halo
+    u_ref = kw.pop("u_ref", None)
+    arrays = (s.u, s.u_bar) + tuple(s.p)
+
+    def band(b, carry):
+        out, scalars = carry
+        cs = jnp.asarray(starts, jnp.int32)[b]
+        ws = jnp.clip(cs - halo, 0, rows - win)
+        cut = functools.partial(lax.dynamic_slice_in_dim, start_index=ws, slice_size=win,
+                                axis=ax)
+        rr = cut(r)  # r is shaped like u for both relaxations
+        t = s._replace(u=cut(s.u), u_bar=cut(s.u_bar), p=tuple(cut(q) for q in s.p))
+        t = lax.fori_loop(0, n_steps, lambda _, t: pd_step(
+            t, rr, lam, prob, u_ref=None if u_ref is None else cut(u_ref), **kw), t)
+        done = (t.u, t.u_bar) + tuple(t.p)
+        out = tuple(lax.dynamic_update_slice_in_dim(
+            o, lax.dynamic_slice_in_dim(d, cs - ws, core, axis=ax), cs, axis=ax)
+            for o, d in zip(out, done))
+        return out, (t.tau, t.sigma)
+
+    out, (tau, sigma) = lax.fori_loop(0, len(starts), band, (arrays, (s.tau, s.sigma)))
+    return s._replace(u=out[0], u_bar=out[1], p=tuple(out[2:]), tau=tau, sigma=sigma,
+                      it=s.it + n_steps)
 
 
 def objective(u, r, lam, prob: Problem, *, mu=0.0, u_ref=None, eps=0.0) -> jax.Array:
@@ -230,7 +292,7 @@ def solve(r: jax.Array, lam, prob: Problem = Problem(), *, mu=0.0, u_ref=None, u
 
     def body(carry):
         s, k = carry
-        s = lax.fori_loop(0, check_every, lambda _, t: pd_step(t, r, lam, prob, **kw), s)
+        s = blocked_steps(s, r, lam, prob, check_every, **kw)
         rel = relative_gap(s, r, lam, prob, **kw)
         finite = jnp.isfinite(rel) & jnp.all(jnp.isfinite(s.u))
         status = jnp.select([~finite, rel <= tol, k + 1 >= n_checks],

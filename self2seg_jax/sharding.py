@@ -83,8 +83,11 @@ _step_space = backend.jit(_outer, static_argnames=("spec", "mesh"))
 
 
 def with_crop_mesh(spec: alternating.Spec, mesh: Mesh) -> alternating.Spec:
-    """``spec`` whose experts split their training crops over ``mesh``'s ``"space"`` axis."""
-    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, crop_mesh=mesh))
+    """``spec`` whose experts split their training crops over ``mesh``'s ``"space"`` axis, and
+    whose mask step iterates the sharded arrays whole (bands along the sharded axis would
+    gather them)."""
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, crop_mesh=mesh),
+                               pd_block_pixels=0)
 
 
 def host_state(s: alternating.State) -> alternating.State:

@@ -273,8 +273,10 @@ def test_config_module_imports_no_jax():
 
 
 def test_backend_policy():
-    assert backend_policy("cpu") == {"conv_impl": "loopsafe", "batch": "map", "crop_batch": 2}
-    assert backend_policy("gpu") == {"conv_impl": "lax", "batch": "vmap", "crop_batch": 16}
+    assert backend_policy("cpu") == {"conv_impl": "loopsafe", "batch": "map", "crop_batch": 2,
+                                     "pd_block_pixels": 2**18}
+    assert backend_policy("gpu") == {"conv_impl": "lax", "batch": "vmap", "crop_batch": 16,
+                                     "pd_block_pixels": 0}
     assert backend_policy("tpu") == backend_policy("gpu")
     import jax
 
@@ -376,6 +378,7 @@ def test_spec_conv_impl_and_stack_experts(backend):
     cfg = Self2SegConfig()
     assert cfg.spec(backend=backend).train.conv_impl == pol["conv_impl"]
     assert cfg.spec(backend=backend).batch == pol["batch"]
+    assert cfg.spec(backend=backend).problem.block_pixels == pol["pd_block_pixels"]
     for impl in ("lax", "loopsafe"):
         assert cfg.replace(conv_impl=impl).spec(backend=backend).train.conv_impl == impl
     assert cfg.replace(stack_experts="always").spec(backend=backend).batch == "vmap"
