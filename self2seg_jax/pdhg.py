@@ -140,8 +140,9 @@ class Problem:
     ``block_pixels > 0``: run the iterations between two gap checks band by band along the first
     spatial axis (:func:`blocked_steps`), each band about this many pixels including its halos,
     when the image is larger than two bands — the same iterates, computed in cache-sized pieces
-    (XLA:CPU makes about eleven passes over memory per iteration; a 2048^2 image runs ~3x slower
-    per pixel than a band of 2^18 pixels). 0: whole arrays (accelerators, sharded images).
+    (an iteration is several passes over memory on XLA:CPU; ``benchmarks/bench_pd_bands.py``:
+    149 Mpixel-iterations/s on a whole 2048^2 image, 658 on 512^2, 340 at 2048^2 in bands).
+    0: whole arrays (accelerators, sharded images).
     """
 
     relaxation: Relaxation = BOX
