@@ -56,6 +56,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_step_cost import _image  # the same 2-D patch and 3-D volume
 
 import self2seg_jax as s2s
 from self2seg_jax import backend, experts, io, ops, provenance
@@ -102,15 +103,6 @@ def use(variant: str) -> None:
                                 else _filter_grad_windows_first)
     ops.conv_bias = _LIBRARY[1] if v["bias"] == "dot" else _conv_bias_reduce
     experts.crop_loss = _LIBRARY[2] if v["passes"] == "one" else _crop_loss_two_passes
-
-
-def _image(ndim: int) -> jax.Array:
-    if ndim == 2:
-        img = s2s.data.add_gaussian_noise(0, s2s.data.sample_patches(128)[9][1], 30.0)
-    else:
-        img = s2s.data.synthetic_nuclei(2000, (32, 64, 64), noise=20)[0]
-    img = np.asarray(img, np.float32)
-    return jnp.asarray((img - img.min()) / (img.max() - img.min()))
 
 
 def _case(ndim: int, steps: int):
