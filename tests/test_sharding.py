@@ -141,3 +141,13 @@ def test_training_crops_split_over_forced_cpu_devices(tmp_path):
     the crops really are split over the 4 devices, and loss, gradient and a whole W-step equal
     the unsplit ones."""
     run_on_forced_cpu_devices(CROPS, tmp_path)
+
+
+def test_sharded_runs_iterate_the_mask_step_on_whole_arrays():
+    """The CPU policy bands the mask step (pdhg.Problem.block_pixels); a spatially sharded run
+    must not (bands along the sharded axis would gather the image), and keeps its crop mesh."""
+    spec = s2s.Self2SegConfig().spec(backend="cpu")
+    assert spec.problem.block_pixels > 0
+    mesh = sharding.space_mesh()
+    sharded = sharding.with_crop_mesh(spec, mesh)
+    assert sharded.problem.block_pixels == 0 and sharded.train.crop_mesh is mesh
