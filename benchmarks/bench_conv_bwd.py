@@ -56,6 +56,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_cpu_ynn import whole_run  # the same whole runs
 from bench_step_cost import _image  # the same 2-D patch and 3-D volume
 
 import self2seg_jax as s2s
@@ -182,21 +183,7 @@ WHOLE = ("patch128", "stack3d")
 def _one(case: str, order: str) -> dict:
     """A fresh process's cold and warm ``segment`` call on ``case`` with variant ``order``."""
     use(order)
-    if case == "stack3d":
-        img, gt = s2s.data.load_sample_3d()
-        noisy, kw = img, {"volume": True}
-    else:
-        img, gt = s2s.data.load_sample(crop=(256, 128, 384, 256))
-        noisy, kw = s2s.data.add_gaussian_noise(0, img, 30.0), {}
-    t = time.perf_counter()
-    s2s.segment(jax.random.key(0), noisy, **kw)
-    cold = time.perf_counter() - t
-    t = time.perf_counter()
-    r = s2s.segment(jax.random.key(1), noisy, **kw)
-    warm = time.perf_counter() - t
-    return {"case": case, "order": order, "cold_s": round(cold, 2), "warm_s": round(warm, 2),
-            "dice": round(s2s.metrics.dice(r.mask, gt), 4),
-            "train_steps": int(np.sum(r.train_steps)), "num_outer": int(r.num_outer)}
+    return {"case": case, "order": order, **whole_run(case)}
 
 
 def _child(args: list) -> dict:

@@ -115,8 +115,10 @@ def _write(path: Path, record: dict, argv) -> None:
                   overwrite=True)
 
 
-def _one(case: str) -> dict:
-    """A fresh process's cold and warm ``segment`` call on ``case`` (default options)."""
+def whole_run(case: str) -> dict:
+    """Cold and warm ``segment`` calls (default options, keys 0 and 1) on ``case`` of
+    :data:`WHOLE` (the 128^2 comparison patch and the 512^2 sample at sigma 30, noise seed 0,
+    or the bundled 3-D stack): seconds, Dice of the warm call, Adam steps, outer iterations."""
     if case == "stack3d":
         img, gt = s2s.data.load_sample_3d()
         noisy, kw = img, {"volume": True}
@@ -130,10 +132,15 @@ def _one(case: str) -> dict:
     t = time.perf_counter()
     r = s2s.segment(jax.random.key(1), noisy, **kw)
     warm = time.perf_counter() - t
-    return {"case": case, "ynn": os.environ.get(backend.ENV), "options": backend.compiler_options(),
-            "cold_s": round(cold, 2), "warm_s": round(warm, 2),
+    return {"cold_s": round(cold, 2), "warm_s": round(warm, 2),
             "dice": round(s2s.metrics.dice(r.mask, gt), 4),
             "train_steps": int(np.sum(r.train_steps)), "num_outer": int(r.num_outer)}
+
+
+def _one(case: str) -> dict:
+    """A fresh process's :func:`whole_run` of ``case`` with this process's YNN setting."""
+    return {"case": case, "ynn": os.environ.get(backend.ENV), "options": backend.compiler_options(),
+            **whole_run(case)}
 
 
 def _whole(out: Path, argv) -> None:

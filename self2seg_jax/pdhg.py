@@ -214,15 +214,15 @@ def blocked_steps(s: PDState, r, lam, prob: Problem, n_steps: int, **kw) -> PDSt
     arrays = (s.u, s.u_bar) + tuple(s.p)
 
     def band(b, carry):
-        out, scalars = carry
+        out, _ = carry  # the scalars: the same after every band
         cs = jnp.asarray(starts, jnp.int32)[b]
         ws = jnp.clip(cs - halo, 0, rows - win)
         cut = functools.partial(lax.dynamic_slice_in_dim, start_index=ws, slice_size=win,
                                 axis=ax)
-        rr = cut(r)  # r is shaped like u for both relaxations
+        rr = cut(r)  # r (and u_ref) are shaped like u for both relaxations
+        ur = None if u_ref is None else cut(u_ref)
         t = s._replace(u=cut(s.u), u_bar=cut(s.u_bar), p=tuple(cut(q) for q in s.p))
-        t = lax.fori_loop(0, n_steps, lambda _, t: pd_step(
-            t, rr, lam, prob, u_ref=None if u_ref is None else cut(u_ref), **kw), t)
+        t = lax.fori_loop(0, n_steps, lambda _, t: pd_step(t, rr, lam, prob, u_ref=ur, **kw), t)
         done = (t.u, t.u_bar) + tuple(t.p)
         out = tuple(lax.dynamic_update_slice_in_dim(
             o, lax.dynamic_slice_in_dim(d, cs - ws, core, axis=ax), cs, axis=ax)
