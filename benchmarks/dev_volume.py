@@ -41,6 +41,9 @@ VARIANTS = {
     # not used to choose) seen before these runs: 0.573 / 0.756 with key 8.
     "smooth_bg": dict(bg_expert="smooth"),
     "smooth_bg_blind_spot": dict(bg_expert="smooth", data_term="blind_spot"),
+    # session 17: experts re-initialised before every W-step (the authors' code); seen before on
+    # the bundled stack only (key 0: 0.776). Decided with dev_defaults.py's rule (its comment).
+    "cold_start": dict(warm_start=False),
 }
 
 
