@@ -9,13 +9,8 @@ Three changes of session 16, each the same arithmetic up to float rounding:
 * **one expert pass per step**: both checkerboard pairs of the crops concatenated into one batch
   (``passes="one"``; before: one pass per pair, ``"two"``), which mainly shortens compilation.
 
-Variants: ``s15`` (all three as before), ``filter_grad_first`` (only the first change),
-``s16`` (all three: the library at the end of session 16) and ``library`` (the library as it
-is). Session 17 gave volumes their own backward pass (``ops.conv3d_loopsafe``): input gradient
-as z-slice sums of 2-D convolutions like the forward pass, weight gradient as one 27-offset
-filter gradient of the padded volume; before (``conv3d="slices"``) each of the ``k_z`` 2-D
-slice convolutions had its own loop-safe backward pass (a pad, a transposed ``g`` and 9
-products each). 2-D runs are the same in ``s16`` and ``library``.
+Variants: ``s15`` (all three as before), ``filter_grad_first`` (only the first change) and
+``library`` (all three: the library as it is).
 
 ``ops.conv_loopsafe`` computes the weight gradient of a convolution as one matrix product per
 kernel offset, contracting the batch and spatial axes of the output gradient ``g`` and of an
@@ -40,8 +35,6 @@ Writes ``results/train_step/components.json`` (and ``whole.json``) with the mach
 ``grad_first``); its files are in ``results/conv_bwd/``.
 
     python benchmarks/bench_conv_bwd.py --profile --whole   # ~15 min on 2 cores
-    python benchmarks/bench_conv_bwd.py --variants s16 --cases train3d --whole --whole-base s16 \
-        --whole-cases stack3d --out benchmarks/results/train_step_s17     # session 17
 """
 
 from __future__ import annotations
@@ -71,13 +64,11 @@ from self2seg_jax import backend, experts, io, ops, provenance
 from self2seg_jax.ops import convolution
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"s15": dict(filter="windows_first", bias="reduce", passes="two", conv3d="slices"),
-            "filter_grad_first": dict(filter="grad_first", bias="reduce", passes="two",
-                                      conv3d="slices"),
-            "s16": dict(filter="grad_first", bias="dot", passes="one", conv3d="slices"),
-            "library": dict(filter="grad_first", bias="dot", passes="one", conv3d="native")}
-_LIBRARY = (convolution._filter_grad, ops.conv_bias, experts.crop_loss,
-            convolution.conv3d_loopsafe)
+VARIANTS = {"s15": dict(filter="windows_first", bias="reduce", passes="two"),
+            "filter_grad_first": dict(filter="grad_first", bias="reduce", passes="two"),
+            "library": dict(filter="grad_first", bias="dot", passes="one")}
+ORDERS = tuple(VARIANTS)
+_LIBRARY = (convolution._filter_grad, ops.conv_bias, experts.crop_loss)
 
 
 def _filter_grad_windows_first(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Array:
@@ -90,20 +81,6 @@ def _filter_grad_windows_first(xp: jax.Array, g: jax.Array, ks: tuple) -> jax.Ar
         win = xp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, g.shape[1:-1]))]
         rows.append(jnp.tensordot(win, g, axes=(lead, lead)))
     return jnp.stack(rows, 0).reshape(ks + (xp.shape[-1], g.shape[-1]))
-
-
-def _conv3d_slices(x, w, padding="SAME"):
-    """Session 16's volume convolution: one 2-D :func:`ops.conv_loopsafe` (with its own
-    backward pass: a weight gradient of 9 products per slice) per z offset."""
-    n, r = x.shape[0], w.shape[0] // 2
-    if padding == "SAME":
-        x = jnp.pad(x, [(0, 0), (r, r)] + [(0, 0)] * 3)
-    d = x.shape[1] - 2 * r
-    out = None
-    for t in range(w.shape[0]):
-        y = ops.conv_loopsafe(x[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t], padding)
-        out = y if out is None else out + y
-    return out.reshape((n, d) + out.shape[1:])
 
 
 def _conv_bias_reduce(x, w, b, *, impl="lax", padding="SAME"):
@@ -127,7 +104,6 @@ def use(variant: str) -> None:
                                 else _filter_grad_windows_first)
     ops.conv_bias = _LIBRARY[1] if v["bias"] == "dot" else _conv_bias_reduce
     experts.crop_loss = _LIBRARY[2] if v["passes"] == "one" else _crop_loss_two_passes
-    convolution.conv3d_loopsafe = _LIBRARY[3] if v["conv3d"] == "native" else _conv3d_slices
 
 
 def _case(ndim: int, steps: int):
@@ -148,20 +124,17 @@ def _timed(f, a) -> float:
 
 def _components(args) -> list:
     rows = []
-    orders = args.variants
     for name, nd, steps in (("train2d", 2, args.steps), ("train3d", 3, max(args.steps // 8, 5))):
-        if name not in args.cases:
-            continue
         fn, a = _case(nd, steps)
         fns, first = {}, {}
-        for order in orders:
+        for order in ORDERS:
             use(order)
             fns[order] = backend.jit(lambda *x, fn=fn: fn(*x))
             first[order] = _timed(fns[order], a)  # compilation + one call
-        outs = {o: np.asarray(fns[o](*a)) for o in orders}
-        times = {o: [] for o in orders}
+        outs = {o: np.asarray(fns[o](*a)) for o in ORDERS}
+        times = {o: [] for o in ORDERS}
         for _ in range(args.repeat):
-            for o in orders:
+            for o in ORDERS:
                 times[o].append(1e3 * _timed(fns[o], a) / steps)
         med = {o: statistics.median(v) for o, v in times.items()}
         rows.append({"case": name, "steps": steps, "unit": "ms per Adam step",
@@ -169,7 +142,7 @@ def _components(args) -> list:
                      "over_library": {o: round(m / med["library"], 3) for o, m in med.items()},
                      "first_call_s": {o: round(v, 1) for o, v in first.items()},
                      "max_abs_output_difference_to_library": {o: float(np.max(np.abs(
-                         outs[o] - outs["library"]))) for o in orders},
+                         outs[o] - outs["library"]))) for o in ORDERS},
                      "all_ms": {o: [round(x, 2) for x in v] for o, v in times.items()}})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "all_ms"}), flush=True)
     return rows
@@ -179,7 +152,7 @@ def _profile(args) -> dict:
     """XLA's per-op times of one ``train2d`` call per order, summed by op kind (ms)."""
     fn, a = _case(2, args.steps)
     out = {}
-    for order in args.variants:
+    for order in ORDERS:
         use(order)
         f = backend.jit(lambda *x: fn(*x))
         jax.block_until_ready(f(*a))
@@ -220,22 +193,21 @@ def _child(args: list) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _whole(base: str, cases=WHOLE) -> dict:
+def _whole() -> dict:
     rows = []
-    for case in cases:
-        for order in (base, "library"):
+    for case in WHOLE:
+        for order in ("s15", "library"):
             rows.append(_child(["--one", case, order]))
             print(json.dumps(rows[-1]), flush=True)
     by = {(r["case"], r["order"]): r for r in rows}
-    lib = "library"
-    ratios = {c: {f"warm_{base}_over_library": round(
-                      by[c, base]["warm_s"] / by[c, lib]["warm_s"], 3),
-                  f"cold_{base}_over_library": round(
-                      by[c, base]["cold_s"] / by[c, lib]["cold_s"], 3),
-                  f"per_step_{base}_over_library": round(
-                      (by[c, base]["warm_s"] / by[c, base]["train_steps"])
-                      / (by[c, lib]["warm_s"] / by[c, lib]["train_steps"]), 3)}
-              for c in cases}
+    ratios = {c: {"warm_s15_over_library": round(
+                      by[c, "s15"]["warm_s"] / by[c, "library"]["warm_s"], 3),
+                  "cold_s15_over_library": round(
+                      by[c, "s15"]["cold_s"] / by[c, "library"]["cold_s"], 3),
+                  "per_step_s15_over_library": round(
+                      (by[c, "s15"]["warm_s"] / by[c, "s15"]["train_steps"])
+                      / (by[c, "library"]["warm_s"] / by[c, "library"]["train_steps"]), 3)}
+              for c in WHOLE}
     print(json.dumps(ratios), flush=True)
     return {"rows": rows, "ratios": ratios}
 
@@ -256,16 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="XLA op times by kind (train2d)")
     ap.add_argument("--whole", action="store_true", help="whole runs in fresh processes")
     ap.add_argument("--no-components", action="store_true")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                    help="variants of the components (and profile); library is always run")
-    ap.add_argument("--cases", nargs="+", choices=("train2d", "train3d"),
-                    default=["train2d", "train3d"], help="components' cases")
-    ap.add_argument("--whole-base", choices=list(VARIANTS), default="s15",
-                    help="the variant --whole compares with the library")
-    ap.add_argument("--whole-cases", nargs="+", choices=WHOLE, default=list(WHOLE))
     ap.add_argument("--one", nargs=2, metavar=("CASE", "ORDER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.variants = list(dict.fromkeys([*args.variants, "library"]))
     if args.one:
         print(json.dumps(_one(*args.one)), flush=True)
         return 0
@@ -280,7 +244,7 @@ def main(argv=None) -> int:
             record["profile_train2d"] = _profile(args)
         _write(args.out / "components.json", record, start)
     if args.whole:
-        _write(args.out / "whole.json", _whole(args.whole_base, args.whole_cases), start)
+        _write(args.out / "whole.json", _whole(), start)
     use("library")
     return 0
 

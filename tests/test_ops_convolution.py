@@ -185,36 +185,6 @@ def test_conv_loopsafe_3d_forward_and_grads(rng):
         _close(a, b, rtol=2e-4)
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("ks", [(3, 3, 3), (5, 3, 1)])
-def test_conv3d_loopsafe_matches_autodiff_of_xla(padding, ks, rng):
-    """The volume convolution (z-slice sums forward and for the input gradient, one 3-D filter
-    gradient): value and gradients equal autodiff of XLA's 3-D convolution, both paddings."""
-    x = jnp.asarray(rng.normal(size=(2, 7, 6, 5, 3)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=ks + (3, 4)) / 3, jnp.float32)
-    dn = ("NDHWC", "DHWIO", "NDHWC")
-    ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1, 1), padding,  # noqa: E731
-                                                dimension_numbers=dn)
-    mine = lambda x, w: ops.conv3d_loopsafe(x, w, padding)  # noqa: E731
-    ct = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)
-
-    def loss(fn):
-        return lambda x, w: jnp.sum(jnp.sin(fn(x, w)) * ct)
-
-    @jax.jit
-    def both(x, w):
-        return ((mine(x, w), ref(x, w)), jax.grad(loss(mine), argnums=(0, 1))(x, w),
-                jax.grad(loss(ref), argnums=(0, 1))(x, w))
-
-    (y, y_ref), g, g_ref = both(x, w)
-    assert y.shape == y_ref.shape
-    _close(y, y_ref, rtol=1e-5)
-    for a, r in zip(g, g_ref, strict=True):
-        assert a.shape == r.shape and a.dtype == r.dtype
-        _close(a, r, rtol=2e-4)
-    assert ops.conv(x, w, impl="loopsafe", padding=padding).shape == y_ref.shape
-
-
 @pytest.mark.parametrize("impl", ["loopsafe", "lax"])
 @pytest.mark.parametrize("shape", [(2, 9, 7), (1, 5, 6, 7)])
 def test_conv_bias_value_and_grads_match_autodiff(impl, shape, rng):

@@ -7,19 +7,12 @@
 """
 
 from self2seg_jax.ops.checkerboard import blind_spot, checkerboard_pairs
-from self2seg_jax.ops.convolution import (
-    box_sum,
-    conv,
-    conv3d_loopsafe,
-    conv_bias,
-    conv_loopsafe,
-    mean_filter,
-)
+from self2seg_jax.ops.convolution import box_sum, conv, conv_bias, conv_loopsafe, mean_filter
 from self2seg_jax.ops.differences import div, grad, grad_norm_sq_bound, pointwise_norm, tv
 from self2seg_jax.ops.projections import project_box, project_dual_ball, project_simplex
 
 __all__ = [
-    "blind_spot", "box_sum", "checkerboard_pairs", "conv", "conv3d_loopsafe", "conv_bias",
-    "conv_loopsafe", "div", "grad", "grad_norm_sq_bound", "mean_filter", "pointwise_norm",
-    "project_box", "project_dual_ball", "project_simplex", "tv",
+    "blind_spot", "box_sum", "checkerboard_pairs", "conv", "conv_bias", "conv_loopsafe", "div",
+    "grad", "grad_norm_sq_bound", "mean_filter", "pointwise_norm", "project_box",
+    "project_dual_ball", "project_simplex", "tv",
 ]

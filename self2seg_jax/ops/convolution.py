@@ -103,9 +103,9 @@ def _add_bias_bwd(_, g):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-def _by_slices(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
-    """A 3-D convolution as the sum of ``k_z`` 2-D XLA convolutions over z-shifted slices
-    (XLA:CPU runs 2-D convolutions faster than 3-D ones)."""
+def _conv3d_by_slices(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
+    """A 3-D convolution as ``k_z`` 2-D loop-safe convolutions over z-shifted slices: XLA:CPU
+    runs 2-D convolutions faster than 3-D ones."""
     n = x.shape[0]
     r = w.shape[0] // 2
     if padding == "SAME":
@@ -113,50 +113,19 @@ def _by_slices(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
     d = x.shape[1] - 2 * r
     out = None
     for t in range(w.shape[0]):
-        y = _conv_plain(x[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t], padding)
+        y = conv_loopsafe(x[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t], padding)
         out = y if out is None else out + y
     return out.reshape((n, d) + out.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3d_loopsafe(x: jax.Array, w: jax.Array, padding: str = "SAME") -> jax.Array:
-    """:func:`conv_loopsafe` for volumes: ``x`` ``(n, d, h, w, c_in)``, ``w``
-    ``(k_z, k_y, k_x, c_in, c_out)``. Forward and input gradient are sums of 2-D XLA
-    convolutions over z-shifted slices (:func:`_by_slices`); the weight gradient is one
-    :func:`_filter_grad` over the whole padded volume (``prod(k)`` matrix products sharing one
-    transposed output gradient)."""
-    return _by_slices(x, w, padding)
-
-
-def _conv3d_fwd(x, w, padding):
-    return _by_slices(x, w, padding), (x, w)
-
-
-def _conv3d_bwd(padding, res, g):
-    x, w = res
-    ks = w.shape[:3]
-    wt = jnp.swapaxes(jnp.flip(w, (0, 1, 2)), -1, -2)
-    if padding == "SAME":
-        dx = _by_slices(g, wt, "SAME")
-        xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
-    else:
-        dx = _by_slices(jnp.pad(g, [(0, 0)] + [(k - 1, k - 1) for k in ks] + [(0, 0)]), wt,
-                        "VALID")
-        xp = x
-    return dx, _filter_grad(xp, g, ks).astype(w.dtype)
-
-
-conv3d_loopsafe.defvjp(_conv3d_fwd, _conv3d_bwd)
-
-
 def conv(x: jax.Array, w: jax.Array, *, impl: str = "lax", padding: str = "SAME") -> jax.Array:
     """Stride-1 convolution, ``padding`` ``"SAME"`` or ``"VALID"``; ``impl`` ``"lax"`` (XLA's)
-    or ``"loopsafe"`` (:func:`conv_loopsafe`, volumes :func:`conv3d_loopsafe`: sums of 2-D slice
-    convolutions, faster on CPU)."""
+    or ``"loopsafe"`` (:func:`conv_loopsafe`; volumes as sums of 2-D slice convolutions, faster
+    on CPU)."""
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"unknown padding {padding!r}; expected 'SAME' or 'VALID'")
     if impl == "loopsafe":
-        return conv3d_loopsafe(x, w, padding) if x.ndim == 5 else conv_loopsafe(x, w, padding)
+        return _conv3d_by_slices(x, w, padding) if x.ndim == 5 else conv_loopsafe(x, w, padding)
     if impl == "lax":
         return _conv_plain(x, w, padding)
     raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
