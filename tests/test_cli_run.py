@@ -678,23 +678,3 @@ def test_batch_flag_segments_same_shape_files_together_with_the_same_outputs(tmp
             for f in files}
     assert all(reps[f"b{k}"]["timings"]["batch_size"] == 3 for k in range(3))
     assert "batch_size" not in reps["odd"]["timings"]
-
-
-def test_writers_are_warmed_once_in_a_thread_and_joined(monkeypatch):
-    """``warm_writers`` starts one daemon thread per process (a second call adds none) that
-    leaves matplotlib's Agg canvas imported; ``writers_ready`` joins it; the environment switch
-    turns it off."""
-    from self2seg_jax.cli import run as cli_run
-
-    monkeypatch.setattr(cli_run, "_WRITERS", [])
-    monkeypatch.setenv("SELF2SEG_WARM_WRITERS", "0")
-    cli_run.warm_writers()
-    assert cli_run._WRITERS == []
-    monkeypatch.delenv("SELF2SEG_WARM_WRITERS")
-    cli_run.warm_writers()
-    cli_run.warm_writers()
-    assert len(cli_run._WRITERS) == 1 and cli_run._WRITERS[0].daemon
-    cli_run.writers_ready()
-    assert not cli_run._WRITERS[0].is_alive()
-    assert "matplotlib.backends.backend_agg" in sys.modules
-    cli_run._warm_writers()  # raises if the warm-up itself is broken (the thread hides errors)

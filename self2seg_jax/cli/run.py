@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 import warnings as _warnings
 from pathlib import Path
@@ -237,50 +236,6 @@ def watched():
                       "cache_hits": watch["cache_hits"]}
 
 
-_WRITERS: list[threading.Thread] = []
-
-
-def _warm_writers() -> None:
-    """Import matplotlib's figure machinery and draw a tiny figure to memory (fonts, Agg
-    canvas): about a second of a CLI process that otherwise follows the run."""
-    import io as _io
-
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    import self2seg_jax.io  # noqa: F401  (tifffile, PNG writers)
-
-    fig = Figure(figsize=(1, 1))
-    ax = fig.subplots()
-    ax.imshow(np.zeros((2, 2), np.float32), cmap="gray")
-    ax.contour(np.eye(4), levels=[0.5])
-    ax.set_title("warm-up")
-    fig.savefig(_io.BytesIO(), format="png", dpi=20, bbox_inches="tight")
-
-
-def warm_writers() -> None:
-    """Start :func:`_warm_writers` once per process in a daemon thread, so that it overlaps the
-    first image's run (XLA releases the GIL while it computes); ``SELF2SEG_WARM_WRITERS=0``
-    turns it off. :func:`writers_ready` waits for it before the first figure is drawn, so
-    matplotlib is never used from two threads at once. A failure there is ignored: the main
-    thread's own imports then report it."""
-    if _WRITERS or os.environ.get("SELF2SEG_WARM_WRITERS", "1") == "0":
-        return
-
-    def run():
-        with contextlib.suppress(Exception):
-            _warm_writers()
-
-    _WRITERS.append(threading.Thread(target=run, name="self2seg-warm-writers", daemon=True))
-    _WRITERS[0].start()
-
-
-def writers_ready() -> None:
-    """Wait for :func:`warm_writers`' thread, if one was started."""
-    for t in _WRITERS:
-        t.join()
-
-
 def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
     """Run :func:`self2seg_jax.segment` with per-iteration progress lines on stderr; returns
     ``(result, timings, warning messages)``."""
@@ -294,7 +249,6 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
     bar = Bar(config.max_outer, config.train_max_steps, name=name,
               target="none" if args.quiet else ("terminal" if sys.stderr.isatty() else "lines"))
     live = config.progress_training and bar.target == "terminal"
-    warm_writers()
     try:
         with watched() as w, (training_listener(bar.training) if live
                               else contextlib.nullcontext()):
@@ -333,7 +287,6 @@ def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=
     from self2seg_jax import io, viz
 
     t1 = time.perf_counter()
-    writers_ready()
     kw = layout_options(args) if kw is None else kw
     im2, res2, gt2 = _view2d(image, res, gt, kw)
     fig = viz.overview_figure(im2, res2, gt=gt2, title=name)
@@ -542,7 +495,6 @@ def _batched_rows(args, config, extra, n, pid, nproc, load, one_file) -> list[di
     for g in batches:
         mine = distributed.assign(len(g), nproc, pid)
         kw = loaded[g[0]][3]
-        warm_writers()
         try:
             with watched() as w:
                 keys = jnp.stack([jax.random.key(seed)] * len(g))
