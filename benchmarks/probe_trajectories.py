@@ -35,6 +35,13 @@ CONFIGS = {
     "default": {},
     # session 9's faster candidate (reverted: drifting patches at noise 10)
     "width_16_lr_2e-3": dict(net_width=16, learning_rate=2e-3),
+    # session 17, volumes (the stack's runaway foreground): experts re-initialised every W-step
+    # (the authors' code) and a larger weight of the paper's reference-mask term (eq. (10), the
+    # paper's own remedy for a foreground that takes the image; the default is 0.01). Seen
+    # before on the bundled stack only (scratch, key 0).
+    "cold_start": dict(warm_start=False),
+    "mu_0.05": dict(mu=0.05),
+    "mu_0.2": dict(mu=0.2),
 }
 
 
