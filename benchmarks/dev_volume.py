@@ -44,6 +44,8 @@ VARIANTS = {
     # session 17: experts re-initialised before every W-step (the authors' code); seen before on
     # the bundled stack only (key 0: 0.776). Decided with dev_defaults.py's rule (its comment).
     "cold_start": dict(warm_start=False),
+    # later in session 17 (see dev_defaults.py): five times the reference-mask weight
+    "mu_0.05": dict(mu=0.05),
 }
 
 
