@@ -39,6 +39,7 @@ def versions() -> dict:
     """Versions of the package, JAX and Python, and the device JAX runs on."""
     import jax
     import jaxlib
+    import ml_dtypes
     import numpy as np
 
     from self2seg_jax import __version__
@@ -46,7 +47,8 @@ def versions() -> dict:
     dev = jax.devices()[0]
     return {
         "self2seg_jax": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-        "numpy": np.__version__, "python": platform.python_version(),
+        "numpy": np.__version__, "ml_dtypes": ml_dtypes.__version__,
+        "python": platform.python_version(),
         "platform": platform.platform(), "backend": jax.default_backend(),
         "device": f"{dev.platform}:{dev.id} ({getattr(dev, 'device_kind', '?')})",
         "device_count": jax.device_count(),
