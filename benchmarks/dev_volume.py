@@ -9,6 +9,14 @@ bundled stack: ``load_sample_3d()`` with its own noise, Otsu 0.769. Each variant
 configuration with the listed changes, ``volume=True``, key ``jax.random.key(i)`` (i = the
 volume's position in the list). Writes ``results/dev_volume/`` (or ``--out``).
 
+``--set confirm`` (session 18): 18 *fresh* synthetic volumes that no earlier run has used —
+seeds 3000..3002 x noise 20 / 30 / 40 x glow 0 / 0.3, same shape and generator — to confirm or
+reject a candidate chosen on the development volumes above. Declared before any run on them:
+**µ = 0.05 becomes the volume default (2-D keeps 0.01) only if, on these 18 volumes, its mean
+Dice is >= the default's, and in each group (flat, glow) its mean is >= the default's - 0.005.**
+(µ 0.05 was seen on the development volumes and the bundled stack in session 17:
+``dev_volume_s17_mu``.) The bundled stack is reported beside, never used to decide.
+
     python benchmarks/dev_volume.py          # a GPU: ~3 min; the 2-core CPU: ~2 min a variant
 """
 
@@ -49,13 +57,16 @@ VARIANTS = {
 }
 
 
-def volumes() -> dict:
-    """``{name: (noisy, gt)}``: the 8 synthetic volumes, then ``"bundled_stack"``."""
+def volumes(which: str = "dev") -> dict:
+    """``{name: (noisy, gt)}``: the synthetic volumes of the development (8) or confirmation
+    (18) set, then ``"bundled_stack"``."""
+    seed0, noises, seeds = (2000, (20, 40), (0, 1)) if which == "dev" else \
+        (3000, (20, 30, 40), (0, 1, 2))
     vols = {}
     for glow in (0.0, 0.3):
-        for n in (20, 40):
-            for s in (0, 1):
-                noisy, _, gt = s2s.data.synthetic_nuclei(2000 + s, (32, 64, 64), noise=n,
+        for n in noises:
+            for s in seeds:
+                noisy, _, gt = s2s.data.synthetic_nuclei(seed0 + s, (32, 64, 64), noise=n,
                                                          glow=glow)
                 vols[f"syn{'_glow' if glow else ''}_n{n}_s{s}"] = (noisy, gt)
     stack, gt = s2s.data.load_sample_3d()
@@ -66,11 +77,13 @@ def volumes() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--set", dest="which", choices=("dev", "confirm"), default="dev",
+                    help="the development volumes (choose) or the fresh confirmation set")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dev_volume")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     machine = provenance.provenance(ROOT)  # the commit and tree state the runs start from
-    vols = volumes()
+    vols = volumes(args.which)
     rows = []
     for name, (noisy, gt) in vols.items():
         f = s2s.api.normalise(noisy, "minmax")[0]
@@ -86,7 +99,8 @@ def main(argv=None) -> int:
                 rows.append({"variant": v, "volume": name,
                              "dice": round(s2s.metrics.dice(r.mask, gt), 4),
                              "fraction": round(float(r.mask.mean()), 3),
-                             "seconds_incl_compile": round(dt, 2), "status": r.status})
+                             "seconds_incl_compile": round(dt, 2), "status": r.status,
+                             "num_outer": int(r.num_outer)})
             except Exception as e:  # noqa: BLE001 — record and go on
                 rows.append({"variant": v, "volume": name, "error": repr(e)[:300]})
             print(json.dumps(rows[-1]), flush=True)
@@ -96,14 +110,46 @@ def main(argv=None) -> int:
             d = [r["dice"] for r in rows if r["variant"] == v and r["volume"].startswith(pre)
                  and "dice" in r]
             syn[f"{group}/{v}"] = round(float(np.mean(d)), 4) if d else None
-    print(json.dumps({"synthetic_mean_dice": syn}))
+    paired = {v: _paired(rows, v) for v in args.variants if v != "default"
+              and "default" in args.variants}
+    print(json.dumps({"synthetic_mean_dice": syn, "paired_vs_default": paired}))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "summary.json").write_text(json.dumps(
-        {"synthetic_mean_dice": syn, "variants": VARIANTS, "machine": machine,
+        {"set": args.which, "synthetic_mean_dice": syn, "paired_vs_default": paired,
+         "variants": VARIANTS, "machine": machine,
          "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:]))},
         indent=1) + "\n")
     return 0
+
+
+def _paired(rows, v) -> dict:
+    """Variant ``v`` against the default on the synthetic volumes: mean difference of Dice,
+    wins / ties (|d| < 0.001) / losses, Wilcoxon signed-rank p, per group and overall; and the
+    decision rule of the confirmation set (docstring) applied to these rows."""
+    from scipy.stats import wilcoxon
+
+    by = {(r["variant"], r["volume"]): r for r in rows if "dice" in r}
+    out = {}
+    for group, pre in (("all", "syn"), ("flat", "syn_n"), ("glow", "syn_glow")):
+        names = sorted({n for (_, n) in by if n.startswith(pre)})
+        pairs = [(by[(v, n)]["dice"], by[("default", n)]["dice"]) for n in names
+                 if (v, n) in by and ("default", n) in by]
+        if not pairs:
+            continue
+        a, b = np.array(pairs).T
+        d = a - b
+        p = float(wilcoxon(a, b).pvalue) if np.any(np.abs(d) > 0) else 1.0
+        out[group] = {"n": len(d), "mean": round(float(a.mean()), 4),
+                      "default_mean": round(float(b.mean()), 4),
+                      "mean_diff": round(float(d.mean()), 4),
+                      "w_t_l": [int((d >= 0.001).sum()), int((np.abs(d) < 0.001).sum()),
+                                int((d <= -0.001).sum())], "wilcoxon_p": round(p, 4)}
+    if all(g in out for g in ("all", "flat", "glow")):
+        out["rule_met"] = bool(out["all"]["mean_diff"] >= 0
+                               and out["flat"]["mean_diff"] >= -0.005
+                               and out["glow"]["mean_diff"] >= -0.005)
+    return out
 
 
 if __name__ == "__main__":
