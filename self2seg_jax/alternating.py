@@ -236,8 +236,15 @@ def u_step(s: State, ws: WStep, f: jax.Array, hyper: Hyper, spec: Spec) -> State
     finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(ws.den)) & (sol.status != pdhg.NONFINITE)
     energies, status = stop_rule(s.energies, s.it, e, change, finite, empty, hyper, spec.max_outer)
     k = s.it
+    # A step that empties a class is rejected: the run stops (status DEGENERATE) with the mask
+    # of the iteration before (the start, if it was the first) — a trivial segmentation is never
+    # the answer — and the experts just trained on that mask's regions. Its energy and label
+    # change stay recorded.
+    keep = status == DEGENERATE
+    u, p, labels, w = jax.tree.map(lambda old, new: jnp.where(keep, old, new),
+                                   (s.u, s.p, s.labels, s.w), (sol.u, sol.p, labels, onehot))
     return State(
-        u=sol.u, p=sol.p, labels=labels, w=onehot, params=ws.params, den=ws.den, key=ws.key,
+        u=u, p=p, labels=labels, w=w, params=ws.params, den=ws.den, key=ws.key,
         it=k + 1, energies=energies, changes=s.changes.at[k].set(change),
         pd_iters=s.pd_iters.at[k].set(sol.it), train_steps=s.train_steps.at[k].set(ws.steps),
         status=status,

@@ -466,9 +466,10 @@ def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float,
             f"Self2Seg stopped at outer iteration {n}: non-finite values in the expert outputs, "
             "data terms or the mask (try a smaller learning_rate)")
     if status == alternating.DEGENERATE:
-        warnings.warn("Self2Seg: a class became empty (lam too large, too many classes, or "
-                      "experts that cannot tell the regions apart); returning the labels as they "
-                      "are", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"Self2Seg: a class became empty at outer iteration {n} (lam too large, "
+                      "too many classes, or experts that cannot tell the regions apart); "
+                      "returning the labels of the iteration before"
+                      + (" (the start)" if n == 1 else ""), RuntimeWarning, stacklevel=3)
     probs = np.asarray(alternating.probabilities(s, spec), np.float32)
     den = np.asarray(s.den, np.float32)
     comp = np.asarray(alternating.composite(probs, den))

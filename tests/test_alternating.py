@@ -115,6 +115,42 @@ def test_constant_experts_energy_non_increasing_three_classes():
 
 
 # --------------------------------------------------------------------------------------
+# a u-step that empties a class is rejected (the run keeps the mask before it)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("degenerate", [True, False], ids=["all-foreground", "half"])
+def test_u_step_rejects_a_degenerate_mask(degenerate):
+    """Expert outputs that make every pixel's foreground data term smaller give an all-foreground
+    u-step: the state keeps the previous labels, relaxed mask and regions, takes the new
+    experts, records the step's energy and change, and stops with DEGENERATE. Outputs that favour
+    the foreground on the left half and the background on the right are accepted as they are."""
+    img, _ = _cv_image(2, 24, 0.1)
+    cfg = _const_config(lam=0.01, max_outer=5)
+    spec = cfg.spec()
+    f, w0, labels0 = _inputs(img)
+    s = alternating.init_state(jax.random.key(0), f, w0, labels0, spec)
+    left = jnp.zeros_like(f).at[:, :12].set(1.0)
+    # class 0 (background) off everywhere / on the left half; class 1 exact / off on the right
+    den = jnp.stack([f + 1.0, f]) if degenerate else jnp.stack([f + left, f + 1.0 - left])
+    ws = alternating.WStep(s.params, den, jnp.zeros((2,), jnp.int32), s.key)
+    out = alternating.u_step(s, ws, f, cfg.hyper(), spec)
+    assert int(out.it) == 1 and np.isfinite(float(out.energies[0]))
+    np.testing.assert_array_equal(np.asarray(out.den), np.asarray(den))
+    if degenerate:
+        assert int(out.status) == alternating.DEGENERATE
+        np.testing.assert_array_equal(np.asarray(out.labels), np.asarray(labels0))
+        np.testing.assert_array_equal(np.asarray(out.u), np.asarray(s.u))
+        np.testing.assert_array_equal(np.asarray(out.w), np.asarray(s.w))
+        assert float(out.changes[0]) > 0.5  # the rejected step's change is recorded
+    else:
+        assert int(out.status) == alternating.RUNNING
+        lab = np.asarray(out.labels)
+        assert lab[:, :12].all() and not lab[:, 12:].any()
+        np.testing.assert_array_equal(np.asarray(out.w[1]), lab.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------
 # the compiled run == a Python loop over outer_step (CNN experts, the shared TINY_N2F spec)
 # --------------------------------------------------------------------------------------
 

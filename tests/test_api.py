@@ -384,11 +384,15 @@ def test_nan_expert_output_raises_floating_point_error(monkeypatch, const_config
     assert RUN._cache_size() == before + 1
 
 
-def test_degenerate_mask_warns(const_config):
-    with pytest.warns(RuntimeWarning, match="a class became empty"):
+def test_degenerate_mask_warns_and_returns_the_start(const_config):
+    """lam so large that the first u-step empties a class: a warning, and the start's labels
+    (not the empty / full mask) come back, with the step's energy recorded."""
+    with pytest.warns(RuntimeWarning, match="a class became empty at outer iteration 1.*start"):
         res = s2s.segment(jax.random.key(0), IMG, config=const_config.replace(lam=1e3))
     assert res.status == alternating.STATUS_NAMES[alternating.DEGENERATE]
-    assert res.mask.all() or not res.mask.any()
+    assert res.num_outer == 1 and np.isfinite(res.energies[0])
+    assert 0 < res.mask.mean() < 1
+    np.testing.assert_array_equal(res.labels, res.init_labels)
 
 
 def test_mask_step_iteration_cap_warns(const_config):
