@@ -15,7 +15,8 @@ the experts):
    ``E_k`` of eq. (5)/(13) of the labels;
 5. stop when at most ``mask_tol`` of the pixels change label, when the paper's rule fires (the
    decrease ``E_{k-1} - E_k`` is below ``energy_p`` times the previous one, or a rise), at
-   ``max_outer``, or on a non-finite value / an empty class.
+   ``max_outer``, or on a non-finite value / an empty class (a step that empties a class is
+   rejected: the state keeps the labels, ``u`` and regions of the iteration before).
 
 With exactly minimised experts (constant, linear least squares) ``E_k`` is non-increasing
 (Remark 1) up to the primal–dual tolerance and the isotropic-TV thresholding slack.

@@ -40,7 +40,10 @@ class Self2SegResult:
       expert_outputs: ``(C, ...)`` float32 expert outputs ``D_i(f)`` (input scale; each in the
         input's layout).
       energies: ``(num_outer,)`` energy (5)/(13) of the labels after each outer iteration.
-      num_outer: outer iterations run; status: why the scheme stopped.
+      num_outer: outer iterations run; status: why the scheme stopped ("mask became empty or
+        full": the last step emptied a class and was rejected — labels, probabilities and
+        denoised image are those of the iteration before, or of the start; its energy and label
+        change are the last entries of ``energies`` / ``mask_changes``).
       mask_changes: ``(num_outer,)`` fraction of pixels that changed label per iteration.
       pd_iterations: ``(num_outer,)`` primal–dual iterations per mask step.
       train_steps: ``(num_outer, C)`` Adam steps of each class expert per W-step.
