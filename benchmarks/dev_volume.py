@@ -127,7 +127,7 @@ def _paired(rows, v) -> dict:
     """Variant ``v`` against the default on the synthetic volumes: mean difference of Dice,
     wins / ties (|d| < 0.001) / losses, Wilcoxon signed-rank p, per group and overall; and the
     decision rule of the confirmation set (docstring) applied to these rows."""
-    from scipy.stats import wilcoxon
+    from report_protocol import wilcoxon_p, wtl
 
     by = {(r["variant"], r["volume"]): r for r in rows if "dice" in r}
     out = {}
@@ -139,12 +139,10 @@ def _paired(rows, v) -> dict:
             continue
         a, b = np.array(pairs).T
         d = a - b
-        p = float(wilcoxon(a, b).pvalue) if np.any(np.abs(d) > 0) else 1.0
         out[group] = {"n": len(d), "mean": round(float(a.mean()), 4),
                       "default_mean": round(float(b.mean()), 4),
-                      "mean_diff": round(float(d.mean()), 4),
-                      "w_t_l": [int((d >= 0.001).sum()), int((np.abs(d) < 0.001).sum()),
-                                int((d <= -0.001).sum())], "wilcoxon_p": round(p, 4)}
+                      "mean_diff": round(float(d.mean()), 4), "w_t_l": wtl(d, 0.001),
+                      "wilcoxon_p": round(wilcoxon_p(d), 4)}
     if all(g in out for g in ("all", "flat", "glow")):
         out["rule_met"] = bool(out["all"]["mean_diff"] >= 0
                                and out["flat"]["mean_diff"] >= -0.005
