@@ -54,6 +54,9 @@ VARIANTS = {
     "cold_start": dict(warm_start=False),
     # later in session 17 (see dev_defaults.py): five times the reference-mask weight
     "mu_0.05": dict(mu=0.05),
+    # session 19: re-initialised experts with the energy rule off (stop on the mask only), as
+    # the authors' code; declared with its rule in dev_defaults.py before any run of it
+    "cold_start_mask_stop": dict(warm_start=False, energy_p=0.0),
 }
 
 
