@@ -96,8 +96,12 @@ def test_segment_end_to_end(n2f_run):
     assert mask.dtype == np.uint8 and mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 1}
     den = tifffile.imread(out / "cells_denoised.tif")
     assert den.dtype == np.float32 and den.shape == (SIZE, SIZE) and np.isfinite(den).all()
-    with Image.open(out / "cells_overlay.png") as im:
+    with Image.open(out / "cells_overlay.png") as im:  # the default figure: the overlay
         assert im.format == "PNG"
+        overlay = np.asarray(im)
+    from self2seg_jax import viz
+    np.testing.assert_array_equal(overlay, viz.overlay_rgb(
+        tifffile.imread(r["dir"] / "cells.tif"), mask, gt=r["gt"]))
     rep = json.loads((out / "cells_report.json").read_text())
     assert rep["options"]["net_width"] == 8 and rep["options"]["n_average"] == 2
     assert rep["options"]["init_denoise"] is False and "progress" not in rep["options"]
@@ -148,6 +152,8 @@ def test_demo(tmp_path, capfd, cheap_toml):
     assert rep["shape"] == [SIZE, SIZE] and "dice" in rep and "psnr_denoised" in rep
     assert rep["dice"] == res["dice"]
     assert tifffile.imread(tmp_path / "d1" / "demo_noisy.tif").shape == (SIZE, SIZE)
+    with Image.open(tmp_path / "d1" / "demo_overlay.png") as im:  # the demo: the overview
+        assert im.size[0] > 3 * im.size[1]  # four panels side by side
     # plain output: Dice and PSNR on stdout; existing outputs are not replaced
     rc, out, err = run(["demo", "-o", tmp_path / "d2", "--size", SIZE, "--config", cheap_toml,
                         "--quiet"], capfd)
@@ -181,6 +187,24 @@ def test_formats_png_mask_and_quiet(tmp_path, capfd):
         assert dice(m, gt) > 0.8, (p, dice(m, gt))
     rep = json.loads((out / "d16_report.json").read_text())
     assert rep["dtype"] == "uint16"
+
+
+def test_figure_kinds(tmp_path, capfd):
+    """--figure none writes no figure (and the report lists none); overview: four panels."""
+    src = write_blob(tmp_path, "a.tif")
+    rc, _, err = run(["segment", src, "-o", tmp_path / "none", "--figure", "none", "--quiet"]
+                     + CONST, capfd)
+    assert rc == 0, err
+    assert files(tmp_path / "none") == ["a_denoised.tif", "a_mask.tif", "a_report.json"]
+    rep = json.loads((tmp_path / "none" / "a_report.json").read_text())
+    assert "overlay" not in rep["outputs"]
+    rc, _, err = run(["segment", src, "-o", tmp_path / "ov", "--figure", "overview", "--quiet"]
+                     + CONST, capfd)
+    assert rc == 0, err
+    with Image.open(tmp_path / "ov" / "a_overlay.png") as im:
+        assert im.size[0] > 3 * im.size[1]
+    rc, _, err = run(["segment", src, "-o", tmp_path / "bad", "--figure", "pdf"] + CONST, capfd)
+    assert rc == 2 and "--figure" in err
 
 
 def test_batch_with_bad_files_continues(tmp_path, capfd):
@@ -590,6 +614,9 @@ def test_multipage_tiff_volume_with_gt(tmp_path, capfd):
     rep = json.loads((out / "vol_report.json").read_text())
     assert rep["dice"] > 0.9 and rep["layout"] == {"volume": True, "spacing": [2.0, 1.0, 1.0]}
     assert rep["dice"] == pytest.approx(dice(mask, gt))
+    from self2seg_jax import viz  # the overlay of a volume: its middle z slice
+    with Image.open(out / "vol_overlay.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), viz.overlay_rgb(vol[5], mask[5], gt=gt[5]))
     # bad spacing: one-line error
     rc, _, err = run(["segment", src, "-o", tmp_path / "o2", "--volume", "--spacing", "1,1",
                       "--quiet", *CONST], capfd)

@@ -273,3 +273,61 @@ def test_overview_figure_writes_png(tmp_path):
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size[0] > 100
     assert _leftovers(tmp_path) == []
+
+
+def _rgb_equal(a, colour):
+    return np.all(a == np.asarray(colour, np.uint8), axis=-1)
+
+
+def test_overlay_rgb_draws_the_mask_and_ground_truth_outlines_where_they_are():
+    from skimage.segmentation import find_boundaries
+
+    from self2seg_jax import viz
+
+    img = RNG.random((300, 280)).astype(np.float32)  # >= min_side: drawn at 1:1
+    lab = np.zeros((300, 280), np.int32)
+    lab[40:120, 30:90] = 1
+    lab[200:260, 150:260] = 2
+    gt = np.zeros((300, 280), bool)
+    gt[45:125, 30:95] = True
+    out = viz.overlay_rgb(img, lab, gt=gt)
+    assert out.shape == (300, 280, 3) and out.dtype == np.uint8
+    # a class's outline: its pixels with a 4-neighbour of another class (scikit-image's "inner"
+    # boundaries, connectivity 1), in the class colour; the gt's outline outside its objects
+    inner = find_boundaries(lab, connectivity=1, mode="inner")
+    outer_gt = find_boundaries(gt, connectivity=1, mode="outer") & ~gt
+    yellow, magenta = (viz.CLASS_COLOURS[:2] * 255).astype(np.uint8)
+    cyan = (viz.GT_COLOUR * 255).astype(np.uint8)
+    np.testing.assert_array_equal(_rgb_equal(out, cyan), outer_gt)
+    np.testing.assert_array_equal(_rgb_equal(out, yellow), inner & (lab == 1) & ~outer_gt)
+    np.testing.assert_array_equal(_rgb_equal(out, magenta), inner & (lab == 2) & ~outer_gt)
+    # background far from every outline: the grey image in the window of display_range
+    lo, hi = viz.display_range(img)
+    grey = np.round(np.clip((img - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    far = (lab == 0) & ~outer_gt
+    for c in range(3):
+        assert np.abs(out[..., c][far].astype(int) - grey[far]).max() <= 1
+    # inside class 1, away from the outlines: 3/4 grey + 1/4 yellow
+    core = (lab == 1) & ~inner & ~outer_gt
+    g = np.clip((img - lo) / (hi - lo), 0, 1)[core]
+    for c, (want) in enumerate(((0.75 * g + 0.25), (0.75 * g + 0.25), 0.75 * g)):
+        assert np.abs(out[..., c][core] - want * 255).max() <= 1
+
+
+def test_overlay_rgb_enlarges_small_images_and_handles_empty_and_constant_input():
+    from self2seg_jax import viz
+
+    img = RNG.random((20, 30)).astype(np.float32)
+    mask = img > 0.5
+    out = viz.overlay_rgb(img, mask)
+    k = 8  # ceil(256 / 20) = 13, capped at max_scale 8
+    assert out.shape == (20 * k, 30 * k, 3)
+    np.testing.assert_array_equal(out[::k, ::k][~mask], np.repeat(
+        out[::k, ::k][~mask][:, :1], 3, axis=1))  # background stays grey
+    assert viz.overlay_rgb(img, mask, min_side=20).shape == (20, 30, 3)
+    flat = viz.overlay_rgb(np.full((260, 260), 3.0), np.zeros((260, 260), bool))
+    assert flat.shape == (260, 260, 3) and np.isfinite(flat).all()
+    with pytest.raises(ValueError, match="shape"):
+        viz.overlay_rgb(img, mask[:10])
+    with pytest.raises(ValueError, match="ground truth shape"):
+        viz.overlay_rgb(img, mask, gt=mask[:, :5])

@@ -55,6 +55,8 @@ EPILOG_DEMO = """examples:
 EXTRA_KEYS = ("seed", "init", "fg_box", "bg_box", "paper", "preset")
 FIELDS = {f.name: f for f in dataclasses.fields(Self2SegConfig)}
 CLI_FIELDS = tuple(f for f in FIELDS.values() if "cli" in f.metadata)
+FIGURES = ("overlay", "overview", "none")
+
 def _number_or_auto(text: str):
     """A ``float | str`` field's flag (``--lam``): a number or ``auto``."""
     if text == "auto":
@@ -134,6 +136,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "$SELF2SEG_CACHE_DIR or the user cache folder: a second run of the same "
                    "shape skips compiling)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--figure", choices=FIGURES, default=None,
+                   help="<name>_overlay.png: 'overlay' (segment's default: the image at full "
+                   "resolution, mask outline in yellow, ground truth's in cyan; no matplotlib), "
+                   "'overview' (demo's default: input | denoised | mask | energy per iteration, "
+                   "about 1 s more per process) or 'none' (not written)")
     p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.add_argument("--json", action="store_true",
                    help="print a JSON summary on stdout (and nothing else on stdout)")
@@ -155,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Segment + denoise images (TIFF 8/16-bit or float, PNG, JPEG, .npy; colour and "
             "stacks with the options below). For each IMAGE writes <name>_mask.tif (uint8 0/1; "
-            ".png with --png), <name>_denoised.tif (float32), <name>_overlay.png and "
+            ".png with --png), <name>_denoised.tif (float32), <name>_overlay.png (--figure) and "
             "<name>_report.json (options, versions, device, energies, iteration counts, "
             "timings, metrics) into OUTDIR."))
     seg.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image file(s)")

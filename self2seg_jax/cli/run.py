@@ -188,6 +188,15 @@ def resolve_init(args, extra):
 # the steps of one file
 
 
+def figure_kind(args) -> str:
+    """What ``<name>_overlay.png`` holds (``--figure``): "overlay" (the default of ``segment``),
+    "overview" (the default of ``demo``) or "none" (no file)."""
+    kind = getattr(args, "figure", None)
+    if kind is None:
+        kind = "overview" if getattr(args, "command", None) == "demo" else "overlay"
+    return kind
+
+
 def plan_outputs(args, outdir: Path, name: str, kw: dict, inputs, extra_names=(),
                  zarr: bool = False) -> dict:
     """Output paths of one input, checked: never an input file, nothing existing unless
@@ -202,6 +211,8 @@ def plan_outputs(args, outdir: Path, name: str, kw: dict, inputs, extra_names=()
         "overlay": outdir / f"{name}_overlay.png",
         "report": outdir / f"{name}_report.json",
     }
+    if figure_kind(args) == "none":
+        del paths["overlay"]
     if kw.get("num_classes", 2) > 2:
         paths["labels"] = outdir / f"{name}_labels{'.ome.zarr' if zarr else '.tif'}"
     for n in extra_names:
@@ -262,7 +273,7 @@ def segment_image(args, config, image, *, init, seed: int, kw: dict, name: str):
 
 
 def _view2d(image, res, gt, kw):
-    """2-D views for the overview figure: the middle z slice of a volume, the channel mean of
+    """2-D views for the figure: the middle z slice of a volume, the channel mean of
     a colour image."""
     import numpy as np
 
@@ -288,8 +299,12 @@ def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=
 
     t1 = time.perf_counter()
     kw = layout_options(args) if kw is None else kw
-    im2, res2, gt2 = _view2d(image, res, gt, kw)
-    fig = viz.overview_figure(im2, res2, gt=gt2, title=name)
+    kind = figure_kind(args)
+    figure = None
+    if kind != "none":
+        im2, res2, gt2 = _view2d(image, res, gt, kw)
+        figure = (viz.overview_figure(im2, res2, gt=gt2, title=name) if kind == "overview"
+                  else viz.overlay_rgb(im2, res2.labels, gt=gt2))
     spatial_axes = None if axes is None else "".join(a for a in axes if a != "c")
     try:
         with io.AtomicGroup(overwrite=args.overwrite) as group:
@@ -306,7 +321,10 @@ def write_outputs(args, paths: dict, name: str, image, res, report: dict, *, gt=
                 put("labels", res.labels.astype(np.uint8))
             for key, arr in (extra_outputs or {}).items():
                 group.image(paths[key], arr)
-            group.figure(paths["overlay"], fig)
+            if kind == "overview":
+                group.figure(paths["overlay"], figure)
+            elif kind == "overlay":
+                group.image(paths["overlay"], figure)
             report["timings"]["write_s"] = round(time.perf_counter() - t1, 4)
             group.json(paths["report"], rpt.json_safe(report))
             group.commit()
