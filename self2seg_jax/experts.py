@@ -34,10 +34,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from self2seg_jax import backend, ops, progress
@@ -98,63 +96,12 @@ class TrainConfig:
     crop_mesh: Any = None
 
 
-class _Conv(nn.Module):
-    features: int
-    impl: str
-    ndim: int
+def _net(cfg: TrainConfig):
+    """The expert CNN of ``cfg`` (:class:`self2seg_jax.nets.N2FNet`). Flax is imported here, not
+    with this module: a process that runs stored programs (the CLI with its export cache)
+    never builds the network and skips its ~0.4 s import."""
+    from self2seg_jax.nets import N2FNet
 
-    @nn.compact
-    def __call__(self, x, padding="SAME"):
-        k = (3,) * self.ndim
-        w = self.param("kernel", nn.initializers.lecun_normal(), k + (x.shape[-1], self.features))
-        b = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return ops.conv_bias(x, w, b, impl=self.impl, padding=padding)
-
-
-class N2FNet(nn.Module):
-    """Expert CNN: ``depth`` x [3x3 conv, ReLU] -> 1x1 conv -> sigmoid.
-
-    Zero ("SAME") padding (the authors reflect-pad, which doubles XLA:CPU's forward cost).
-    Maps ``(*b, *s)`` to ``(*b, *s)`` (``channels = 0``) or ``(*b, L, *s)`` to ``(*b, L, *s)``.
-    """
-
-    width: int = 32
-    depth: int = 4
-    impl: str = "lax"
-    ndim: int = 2
-    channels: int = 0
-
-    @nn.compact
-    def __call__(self, x, valid=None, trim=False):
-        """``valid`` (optional, ``(*b, *s)`` 0/1): where the pixels lie inside the image; hidden
-        activations are zeroed outside, which reproduces the per-layer zero padding at the
-        image border inside tiles and crops cut from a zero-padded image.
-
-        ``trim``: ``VALID`` convolutions — the output lacks ``depth`` pixels on every side of
-        each spatial axis (``(*b, *(s - 2 depth))``) and equals the ``SAME`` output there; only
-        the pixels whose receptive field lies inside ``x`` are computed (crops and tiles read
-        with a halo of ``depth`` pixels need no more)."""
-        nd, nc = self.ndim, self.channels
-        if nc:
-            lead, core = x.shape[: -(nd + 1)], x.shape[-(nd + 1):]
-            h = jnp.moveaxis(x.reshape((-1,) + core), 1, -1)
-        else:
-            lead, core = x.shape[:-nd], x.shape[-nd:]
-            h = x.reshape((-1,) + core + (1,))
-        v = None if valid is None else valid.reshape((-1,) + core[-nd:] + (1,)).astype(h.dtype)
-        one = (slice(None),) + (slice(1, -1),) * nd
-        for _ in range(self.depth):
-            h = nn.relu(_Conv(self.width, self.impl, nd)(h, "VALID" if trim else "SAME"))
-            v = v[one] if trim and v is not None else v
-            h = h if v is None else h * v
-        h = nn.sigmoid(nn.Dense(max(nc, 1))(h))
-        out = h.shape[1:1 + nd]
-        if nc:
-            return jnp.moveaxis(h, -1, 1).reshape(lead + core[:1] + out)
-        return h[..., 0].reshape(lead + out)
-
-
-def _net(cfg: TrainConfig) -> N2FNet:
     return N2FNet(width=cfg.width, depth=cfg.depth, impl=cfg.conv_impl, ndim=cfg.ndim,
                   channels=cfg.channels)
 
@@ -298,6 +245,8 @@ def fit_n2f(params: Any, f: jax.Array, w: jax.Array, lr, cfg: TrainConfig):
       validation outputs (shaped like ``f``) and the number of Adam steps taken.
     """
     net = _net(cfg)
+    import optax  # imported when a training loop is traced (see _net)
+
     tx = optax.scale_by_adam()
     pairs = ops.checkerboard_pairs(f, cfg.ndim)
     wpairs = ops.checkerboard_pairs(w, cfg.ndim)
@@ -544,6 +493,8 @@ def fit_n2f_crops(key: jax.Array, params: Any, f: jax.Array, w: jax.Array, lr, c
     Returns:
       ``(params, output, steps)`` as :func:`fit_n2f`.
     """
+    import optax  # imported when a training loop is traced (see _net)
+
     tx = optax.scale_by_adam()
     nd = cfg.ndim
     s = crop_sampler(f, w, cfg)

@@ -705,3 +705,25 @@ def test_batch_flag_segments_same_shape_files_together_with_the_same_outputs(tmp
             for f in files}
     assert all(reps[f"b{k}"]["timings"]["batch_size"] == 3 for k in range(3))
     assert "batch_size" not in reps["odd"]["timings"]
+
+
+def test_warm_process_imports_neither_flax_optax_nor_matplotlib(tmp_path, cheap_toml):
+    """With its programs stored (export + compilation caches), a CNN-expert run needs neither
+    the network's definition (Flax), nor the optimiser (optax), nor, with the default figure,
+    matplotlib: ~1.5 s of a 2-core CPU process (benchmarks/results/cli_s19)."""
+    img = write_blob(tmp_path, "w.tif", size=SIZE + 4)  # a shape of its own
+    env = dict(os.environ, MPLBACKEND="Agg", SELF2SEG_CACHE_DIR=str(tmp_path / "cache"))
+
+    def imported(out):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "self2seg_jax.cli",
+                            "segment", str(img), "-o", str(tmp_path / out), "--quiet",
+                            "--config", str(cheap_toml)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()
+                if line.startswith("import time:")}
+
+    first = imported("o1")  # traces the scheme: the network and the optimiser are built
+    assert {"flax", "optax"} <= first
+    second = imported("o2")
+    assert "jax" in second and not {"flax", "optax", "matplotlib"} & second
