@@ -10,6 +10,9 @@ per run and writes ``startup.json`` (rows, medians per interpreter, package vers
 
     python benchmarks/bench_startup.py --pythons /tmp/v07/bin/python /tmp/v06/bin/python \\
         --repeat 5 --out benchmarks/results/startup
+
+``--trees A B ...``: instead of interpreters, source trees of this package (e.g. clean git
+worktrees of two commits), each put first on ``PYTHONPATH`` of this interpreter's processes.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pythons", nargs="+", default=[sys.executable],
                     help="interpreters to compare (each must have self2seg_jax installed)")
+    ap.add_argument("--trees", nargs="+", type=Path, default=None,
+                    help="compare these source trees of the package instead (same interpreter)")
     ap.add_argument("--repeat", type=int, default=5, help="alternating rounds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "startup")
     args = ap.parse_args(argv)
@@ -56,25 +61,31 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         tifffile.imwrite(tmp / "patch.tif", noisy.astype(np.float32))
         tifffile.imwrite(tmp / "gt.tif", gt.astype(np.uint8))
-        base = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+        base = dict(os.environ, MPLBACKEND="Agg")
+        if args.trees:
+            variants = [(sys.executable, t.resolve()) for t in args.trees]
+        else:
+            variants = [(py, ROOT) for py in args.pythons]
+        names = [str(t) if args.trees else py for py, t in variants]
 
         def env_of(i):
-            return {**base, "SELF2SEG_CACHE_DIR": str(tmp / f"cache{i}")}
+            return {**base, "PYTHONPATH": str(variants[i][1]),
+                    "SELF2SEG_CACHE_DIR": str(tmp / f"cache{i}")}
 
         def cli(i, py, name):
             return _wall([py, "-m", "self2seg_jax.cli", "segment", str(tmp / "patch.tif"),
                           "--gt", str(tmp / "gt.tif"), "-o", str(tmp / name), "--quiet"],
                          env_of(i))
 
-        for i, py in enumerate(args.pythons):
-            pkgs[py] = json.loads(subprocess.run([py, "-c", VERSIONS], capture_output=True,
-                                                 text=True, check=True).stdout)
+        for i, (py, _) in enumerate(variants):
+            pkgs[names[i]] = json.loads(subprocess.run(
+                [py, "-c", VERSIONS], capture_output=True, text=True, check=True).stdout)
             _, p = cli(i, py, f"warmup{i}")  # fills this interpreter's compilation cache
             if p.returncode != 0:
                 raise SystemExit(f"{py}: warm-up failed\n{p.stderr[-2000:]}")
         for r in range(args.repeat):
-            for i, py in enumerate(args.pythons):
-                row = {"python": py, "round": r}
+            for i, (py, _) in enumerate(variants):
+                row = {"python": names[i], "round": r}
                 for key, stmt in IMPORTS.items():
                     row[key] = round(_wall([py, "-c", stmt], env_of(i))[0], 3)
                 name = f"run{i}_{r}"
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
     keys = (*IMPORTS, "process_wall_s", "segment_s", "write_s")
     median = {py: {k: round(float(np.median([r[k] for r in rows
                                              if r["python"] == py and k in r])), 3)
-                   for k in keys} for py in args.pythons}
+                   for k in keys} for py in names}
     print(json.dumps(median, indent=1), flush=True)
     out = {"rows": rows, "median": median, "packages": pkgs,
            **provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))}
