@@ -32,6 +32,7 @@ EPILOG_SEGMENT = """examples:
   self2seg segment img.tif -o out/ --init 0.4 --gt img_mask.tif --clean img_clean.tif --json
   self2seg segment img.tif -o out/ --config settings.toml --overwrite
   self2seg segment bricks.png -o out/ --preset textures --lam 0.06
+  self2seg segment cells.tif -o out/ --figure overview   # 4 panels with the energy curve
 
 A --config TOML file holds Self2SegConfig fields at top level, plus optionally 'seed',
 'init' (\"otsu\", \"otsu_dark\", a threshold, or a mask file relative to the TOML file),
