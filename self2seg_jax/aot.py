@@ -20,6 +20,13 @@ program. A file that cannot be read, or a program that cannot be exported (host 
 sharding constraints), falls back to the ordinary traced call; results are the same either way
 (``tests/test_aot.py``).
 
+Next to each exported program the *executable* compiled from it is kept as well
+(``<key>-<options>.jaxexe``, :mod:`jax.experimental.serialize_executable`), written only by a
+process that really compiled it: a new process then loads it directly, which skips turning
+the exported program into MLIR and the compilation-cache lookup (on the 2-core CPU about half
+of the ~1 s that loading the scheme's main program otherwise took; scratch timing). An
+executable that will not load or run falls back to the exported program (and is deleted).
+
 Off by default for the library (:func:`enable` turns it on for a folder); the CLI turns it on
 next to the compilation cache (``--no-compile-cache`` turns both off; ``SELF2SEG_EXPORT_CACHE=0``
 this one alone).
@@ -97,8 +104,12 @@ def _load(path: Path):
 
 
 def _save(path: Path, exported, out_tree) -> None:
-    data = pickle.dumps({"exported": bytes(exported.serialize()), "out_tree": out_tree})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jaxexport")
+    _write_atomic(path, pickle.dumps({"exported": bytes(exported.serialize()),
+                                      "out_tree": out_tree}))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -106,6 +117,29 @@ def _save(path: Path, exported, out_tree) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _exe_path(d: Path, key: str) -> Path:
+    """Where the executable of program ``key`` compiled with this process's XLA options lives."""
+    opts = repr(sorted(backend.compiler_options().items()))
+    return d / f"{key}-{hashlib.sha256(opts.encode()).hexdigest()[:12]}.jaxexe"
+
+
+def _load_exe(path: Path):
+    from jax.experimental import serialize_executable
+
+    blob = pickle.loads(path.read_bytes())
+    compiled = serialize_executable.deserialize_and_load(blob["exe"], blob["in_tree"],
+                                                         blob["exe_out_tree"])
+    return compiled, blob["out_tree"]
+
+
+def _save_exe(path: Path, compiled, out_tree) -> None:
+    from jax.experimental import serialize_executable
+
+    exe, in_tree, exe_out_tree = serialize_executable.serialize(compiled)
+    _write_atomic(path, pickle.dumps({"exe": exe, "in_tree": in_tree,
+                                      "exe_out_tree": exe_out_tree, "out_tree": out_tree}))
 
 
 def exportable(spec) -> bool:
@@ -135,6 +169,16 @@ def call(fn: Callable, name: str, static: dict, *args):
     if key in _state["loaded"]:  # (jitted caller, output tree) of a program already run here
         caller, out_tree = _state["loaded"][key]
         return jax.tree.unflatten(out_tree, caller(*leaves))
+    exe_path = _exe_path(d, key)
+    if exe_path.exists():
+        try:
+            compiled, out_tree = _load_exe(exe_path)
+            out = compiled(*leaves)
+        except Exception:  # stale or not loadable here: the exported program below
+            exe_path.unlink(missing_ok=True)
+        else:
+            _state["loaded"][key] = (compiled, out_tree)
+            return jax.tree.unflatten(out_tree, out)
     path = d / f"{key}.jaxexport"
     prog = None
     if path.exists():
@@ -150,13 +194,21 @@ def call(fn: Callable, name: str, static: dict, *args):
             _state["failed"].add(key)
             return fn(*args, **static)
     exported, out_tree = prog
-    caller = backend.jit(exported.call)  # one jitted caller per program: later calls skip lowering
+    from self2seg_jax.progress import compilations
+
     try:  # a program that cannot run here (e.g. read back from a mismatched file): traced call
+        with compilations() as c:  # one executable per program: later calls skip lowering
+            caller = backend.jit(exported.call).lower(*leaves).compile()
         out = caller(*leaves)
     except Exception:
         _state["failed"].add(key)
         return fn(*args, **static)
     _state["loaded"][key] = (caller, out_tree)
+    if c["count"]:  # compiled here (an executable read from the compilation cache may not
+        try:        # serialise into one that runs elsewhere)
+            _save_exe(exe_path, caller, out_tree)
+        except Exception:  # not serialisable on this backend: the exported program will do
+            pass
     return jax.tree.unflatten(out_tree, out)
 
 

@@ -24,8 +24,8 @@ def export_dir(tmp_path):
         aot._state["failed"].clear()
 
 
-def _files(d):
-    return sorted(p.name for p in d.iterdir())
+def _files(d, suffix=".jaxexport"):
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(suffix))
 
 
 def _same(a, b):
@@ -49,7 +49,8 @@ def test_exported_runs_equal_traced_runs_and_survive_a_fresh_load(export_dir, bl
     aot.enable(export_dir)
     _same(ref, plain)
     files = _files(export_dir)
-    assert len(files) == 1 and files[0].endswith(".jaxexport")  # alternating.run
+    assert len(files) == 1  # alternating.run
+    assert len(_files(export_dir, ".jaxexe")) == 1  # and the executable compiled from it
     aot._state["loaded"].clear()  # as a new process: read back from disk
     _same(s2s.segment(jax.random.key(0), img, config=cfg), plain)
     events = []
@@ -104,7 +105,9 @@ def test_unusable_file_and_unexportable_programs_fall_back(export_dir):
     x = jnp.linspace(0.0, 1.0, 5)
     want = np.asarray(f(x, k=2.0))
     np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, x), want)
-    (path,) = export_dir.iterdir()
+    (path,) = export_dir.glob("*.jaxexport")
+    for exe in export_dir.glob("*.jaxexe"):  # the exported program's own fallbacks first
+        exe.unlink()
     path.write_bytes(b"not a program")  # corrupt: rebuilt, same result
     aot._state["loaded"].clear()
     np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, x), want)
@@ -112,6 +115,8 @@ def test_unusable_file_and_unexportable_programs_fall_back(export_dir):
     y = jnp.linspace(0.0, 1.0, 6)  # a readable program that cannot take these arguments
     other = export_dir / f"{aot.program_key('sin', {'k': 2.0}, (y,))}.jaxexport"
     other.write_bytes(path.read_bytes())
+    for exe in export_dir.glob("*.jaxexe"):
+        exe.unlink()
     aot._state["loaded"].clear()
     np.testing.assert_array_equal(aot.call(f, "sin", {"k": 2.0}, y), np.asarray(f(y, k=2.0)))
     other.unlink()
@@ -120,7 +125,44 @@ def test_unusable_file_and_unexportable_programs_fall_back(export_dir):
         return jax.pure_callback(lambda a: np.asarray(a) + 1, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
 
     np.testing.assert_array_equal(aot.call(with_callback, "cb", {}, x), np.asarray(x) + 1)
-    assert len(list(export_dir.iterdir())) == 1
+    assert len(_files(export_dir)) == 1
+
+
+def test_executables_are_stored_loaded_and_replaced_when_unusable(export_dir, monkeypatch):
+    """A process that compiled an exported program keeps its executable; a new process runs
+    that executable without reading the exported program; a broken one is deleted and the
+    exported program used instead; one from the compilation cache is not stored."""
+    f = jax.jit(lambda x, *, k: jnp.cos(x) * k + jnp.sum(x), static_argnames="k")
+    x = jnp.linspace(0.0, 2.0, 7)
+    want = np.asarray(f(x, k=3.0))
+    np.testing.assert_allclose(aot.call(f, "cos", {"k": 3.0}, x), want, rtol=1e-6)
+    (exe,) = export_dir.glob("*.jaxexe")
+    assert exe.name.startswith(aot.program_key("cos", {"k": 3.0}, (x,)))
+    read = []
+    load = aot._load
+    monkeypatch.setattr(aot, "_load", lambda path: read.append(path) or load(path))
+    aot._state["loaded"].clear()  # as a new process
+    np.testing.assert_allclose(aot.call(f, "cos", {"k": 3.0}, x), want, rtol=1e-6)
+    assert read == []  # the executable ran; the exported program was not even read
+    exe.write_bytes(b"not an executable")
+    aot._state["loaded"].clear()
+    np.testing.assert_allclose(aot.call(f, "cos", {"k": 3.0}, x), want, rtol=1e-6)
+    assert len(read) == 1  # fell back to the exported program ...
+    assert exe.exists() and exe.read_bytes() != b"not an executable"  # ... compiled, stored
+    exe.unlink()
+    from self2seg_jax import progress
+
+    class _CacheHit:  # the compilation came from the persistent cache: nothing stored
+        def __enter__(self):
+            return {"count": 0, "cache_hits": 1, "seconds": 0.0}
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(progress, "compilations", lambda: _CacheHit())
+    aot._state["loaded"].clear()
+    np.testing.assert_allclose(aot.call(f, "cos", {"k": 3.0}, x), want, rtol=1e-6)
+    assert not list(export_dir.glob("*.jaxexe"))
 
 
 def test_training_reports_bypass_the_cache(export_dir, blob32, tiny_n2f_config):
