@@ -22,9 +22,11 @@ sharding constraints), falls back to the ordinary traced call; results are the s
 
 Next to each exported program the *executable* compiled from it is kept as well
 (``<key>-<options>.jaxexe``, :mod:`jax.experimental.serialize_executable`), written only by a
-process that really compiled it: a new process then loads it directly, which skips turning
-the exported program into MLIR and the compilation-cache lookup (on the 2-core CPU about half
-of the ~1 s that loading the scheme's main program otherwise took; scratch timing). An
+process that really compiled it (one that came from the compilation cache may serialise into
+an executable that fails in another process: seen with jaxlib 0.10.2 on CPU). A new process
+then loads it directly, which skips turning the exported program into MLIR and the
+compilation-cache lookup: a warm-cache ``self2seg segment`` process on the 128^2 patch took
+6.44 s instead of 7.45 s on the 2-core CPU (``benchmarks/results/startup_s19_exe/``). An
 executable that will not load or run falls back to the exported program (and is deleted).
 
 Off by default for the library (:func:`enable` turns it on for a folder); the CLI turns it on
