@@ -168,7 +168,7 @@ def call(fn: Callable, name: str, static: dict, *args):
     if key in _state["failed"]:
         return fn(*args, **static)
     leaves = jax.tree.leaves(args)
-    if key in _state["loaded"]:  # (jitted caller, output tree) of a program already run here
+    if key in _state["loaded"]:  # (compiled executable, output tree) of a program run here
         caller, out_tree = _state["loaded"][key]
         return jax.tree.unflatten(out_tree, caller(*leaves))
     exe_path = _exe_path(d, key)
@@ -199,7 +199,7 @@ def call(fn: Callable, name: str, static: dict, *args):
     from self2seg_jax.progress import compilations
 
     try:  # a program that cannot run here (e.g. read back from a mismatched file): traced call
-        with compilations() as c:  # one executable per program: later calls skip lowering
+        with compilations() as c:  # compiled once: later calls here skip lowering
             caller = backend.jit(exported.call).lower(*leaves).compile()
         out = caller(*leaves)
     except Exception:

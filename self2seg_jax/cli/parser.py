@@ -58,6 +58,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Self2SegConfig)}
 CLI_FIELDS = tuple(f for f in FIELDS.values() if "cli" in f.metadata)
 FIGURES = ("overlay", "overview", "none")
 
+
 def _number_or_auto(text: str):
     """A ``float | str`` field's flag (``--lam``): a number or ``auto``."""
     if text == "auto":
