@@ -58,6 +58,8 @@ class TrainConfig:
       val_every: steps between validations (each is one full-image forward pass).
       n_average: number of last validation outputs averaged into the expert's output.
       conv_impl: ``"lax"`` or ``"loopsafe"`` (see :func:`self2seg_jax.ops.conv_loopsafe`).
+      conv3d: volumes' CNN layers, ``"full"`` 3x3x3 or ``"factorised"`` (3x3 in-plane, then 3
+        taps along the first spatial axis: :class:`self2seg_jax.nets.N2FNet`).
       ndim: spatial dimensions (2 or 3); channels: 0 for ``(*s)`` images, ``L`` for ``(L, *s)``.
       mode: ``"crops"`` (:func:`fit_n2f_crops`: each step on ``batch`` crops, cost independent
         of the image size) or ``"full"`` (:func:`fit_n2f`: each step on a whole checkerboard
@@ -85,6 +87,7 @@ class TrainConfig:
     val_every: int = 10
     n_average: int = 10
     conv_impl: str = "loopsafe"
+    conv3d: str = "full"
     ndim: int = 2
     channels: int = 0
     mode: str = "full"
@@ -103,7 +106,7 @@ def _net(cfg: TrainConfig):
     from self2seg_jax.nets import N2FNet
 
     return N2FNet(width=cfg.width, depth=cfg.depth, impl=cfg.conv_impl, ndim=cfg.ndim,
-                  channels=cfg.channels)
+                  channels=cfg.channels, factorised=cfg.conv3d == "factorised")
 
 
 def init_params(key: jax.Array, kind: str, cfg: TrainConfig) -> Any:

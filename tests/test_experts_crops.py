@@ -30,13 +30,14 @@ def _params(key, cfg):
 
 
 @pytest.mark.parametrize(
-    "shape,ndim,channels,tile",
-    [((37, 29), 2, 0, 8), ((3, 20, 18), 2, 3, 8), ((10, 13, 9), 3, 0, 4), ((16, 16), 2, 0, 16)],
-    ids=["2d-ragged", "2d-colour", "3d", "one-tile"],
+    "shape,ndim,channels,tile,conv3d",
+    [((37, 29), 2, 0, 8, "full"), ((3, 20, 18), 2, 3, 8, "full"), ((10, 13, 9), 3, 0, 4, "full"),
+     ((10, 13, 9), 3, 0, 4, "factorised"), ((16, 16), 2, 0, 16, "full")],
+    ids=["2d-ragged", "2d-colour", "3d", "3d-factorised", "one-tile"],
 )
 @pytest.mark.parametrize("impl", ["lax", "loopsafe"])
-def test_apply_tiled_equals_apply(shape, ndim, channels, tile, impl, rng):
-    cfg = dataclasses.replace(SMALL, ndim=ndim, channels=channels, conv_impl=impl)
+def test_apply_tiled_equals_apply(shape, ndim, channels, tile, conv3d, impl, rng):
+    cfg = dataclasses.replace(SMALL, ndim=ndim, channels=channels, conv_impl=impl, conv3d=conv3d)
     f = jnp.asarray(rng.random(shape), jnp.float32)
     p = _params(jax.random.key(1), cfg)
     whole = experts.apply(p, f, "n2f", cfg)
@@ -79,12 +80,15 @@ def test_crop_loss_is_unbiased_for_the_whole_image_loss(shape, ndim, depth, rng)
         assert expected == pytest.approx(whole, rel=1e-4)
 
 
-@pytest.mark.parametrize("ndim,channels,depth", [(2, 0, 2), (2, 3, 3), (3, 0, 2)])
+@pytest.mark.parametrize("ndim,channels,depth,conv3d", [(2, 0, 2, "full"), (2, 3, 3, "full"),
+                                                        (3, 0, 2, "full"),
+                                                        (3, 0, 2, "factorised")])
 @pytest.mark.parametrize("impl", ["lax", "loopsafe"])
-def test_trimmed_net_equals_the_interior_of_the_same_net(ndim, channels, depth, impl, rng):
+def test_trimmed_net_equals_the_interior_of_the_same_net(ndim, channels, depth, conv3d, impl, rng):
     """``trim=True`` (VALID convolutions) gives the ``SAME`` output without ``depth`` pixels per
     side, also where ``valid`` marks a zero-padded image border inside the window."""
-    cfg = dataclasses.replace(SMALL, ndim=ndim, channels=channels, depth=depth, conv_impl=impl)
+    cfg = dataclasses.replace(SMALL, ndim=ndim, channels=channels, depth=depth, conv_impl=impl,
+                              conv3d=conv3d)
     spatial = (14, 12) if ndim == 2 else (10, 11, 9)
     x = jnp.asarray(rng.random((2,) + ((channels,) if channels else ()) + spatial), jnp.float32)
     v = jnp.ones((2,) + spatial, jnp.float32).at[:, :3].set(0.0)  # a border inside the window
