@@ -57,7 +57,22 @@ VARIANTS = {
     # session 19: re-initialised experts with the energy rule off (stop on the mask only), as
     # the authors' code; declared with its rule in dev_defaults.py before any run of it
     "cold_start_mask_stop": dict(warm_start=False, energy_p=0.0),
+    # session 20 (issue 13, volumes' cost): factorised "(2+1)-D" CNN layers (3x3 in-plane, then
+    # 3 taps along z; 0.44x the multiply-adds of a 3x3x3 layer). A speed change, so its rule
+    # tolerates the same -0.005 as cold_start's. Declared before any run of it (seen before:
+    # scratch timings of a 3-D crop-training step only, 55-62 vs 83 ms; no Dice of it anywhere).
+    # Rule: it becomes the default (it changes volumes only; 2-D is unaffected by construction,
+    # tests/test_nets.py) only if (1) on the 8 development volumes its flat and glow means are
+    # each >= the default's - 0.005, then (2) on the confirmation set (its SECOND use, after
+    # session 18's mu 0.05) its mean over the 18 volumes and each group's mean are >= the
+    # default's - 0.005 (``rule_met`` below applies TOLERANCE), and (3) side by side
+    # (bench_scaling.py) the bundled stack and a larger tiled volume run faster warm. The
+    # bundled stack's Dice is reported beside, never used to decide.
+    "factorised_3d": dict(net_conv3d="factorised"),
 }
+#: Tolerated loss of mean Dice (vs the default) of ``rule_met`` over all synthetic volumes, per
+#: variant: 0 (must not lose) unless listed — speed changes tolerate -0.005.
+TOLERANCE = {"factorised_3d": -0.005}
 
 
 def volumes(which: str = "dev") -> dict:
@@ -147,7 +162,7 @@ def _paired(rows, v) -> dict:
                       "mean_diff": round(float(d.mean()), 4), "w_t_l": wtl(d, 0.001),
                       "wilcoxon_p": round(wilcoxon_p(d), 4)}
     if all(g in out for g in ("all", "flat", "glow")):
-        out["rule_met"] = bool(out["all"]["mean_diff"] >= 0
+        out["rule_met"] = bool(out["all"]["mean_diff"] >= TOLERANCE.get(v, 0.0)
                                and out["flat"]["mean_diff"] >= -0.005
                                and out["glow"]["mean_diff"] >= -0.005)
     return out
