@@ -24,15 +24,18 @@ class _Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x, padding="SAME"):
-        init = nn.initializers.lecun_normal()
-        b = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        # Parameters are created in this order (kernel, [kernel_z,] bias): Flax draws each
+        # one's initialisation key in creation order, so it fixes the initial weights.
+        init, zeros = nn.initializers.lecun_normal(), nn.initializers.zeros_init()
         if self.factorised and self.ndim == 3:
             wxy = self.param("kernel", init, (1, 3, 3, x.shape[-1], self.features))
             wz = self.param("kernel_z", init, (3, 1, 1, self.features, self.features))
+            b = self.param("bias", zeros, (self.features,))
             y = ops.conv(x, wxy, impl=self.impl, padding=padding)
             return ops.conv_bias(y, wz, b, impl=self.impl, padding=padding)
         k = (3,) * self.ndim
         w = self.param("kernel", init, k + (x.shape[-1], self.features))
+        b = self.param("bias", zeros, (self.features,))
         return ops.conv_bias(x, w, b, impl=self.impl, padding=padding)
 
 
