@@ -183,13 +183,23 @@ def pd_step(s: PDState, r, lam, prob: Problem, *, mu=0.0, u_ref=None, eps=0.0) -
 
 def _band_layout(prob: Problem, shape: tuple, n_steps: int):
     """``(axis, rows, core, halo, starts)`` of :func:`blocked_steps` for arrays of ``shape``, or
-    ``None`` when blocking does not pay (no ``block_pixels``, or fewer than three bands)."""
+    ``None`` when blocking does not pay: no ``block_pixels``, fewer than three bands, or a
+    volume whose bands would hold fewer than ``2 * halo`` core slices.
+
+    Volumes: a band's halo is ``2 * halo`` whole slices, so with large slices the redundant
+    halo work outweighs the cache gain (``benchmarks/bench_pd_bands.py --volumes``, 2-core CPU,
+    B = 2^18: 100 x 256 x 256 ran at 0.31x, 128^3 0.50x, 120 x 80 x 80 0.62x the whole-array
+    rate with cores of 11 / 11 / 18 slices, against 1.24x-1.47x with cores of 28-61 slices).
+    Images keep bands down to ``core = halo`` (8192^2 still gained 1.27x there)."""
     if prob.block_pixels <= 0:
         return None
     ax = len(shape) - prob.ndim
     rows, row_pixels = shape[ax], math.prod(shape[:ax] + shape[ax + 1:])
     halo = n_steps + 1  # an iteration reads one row beyond each side along the axis
-    core = max(halo, prob.block_pixels // max(row_pixels, 1) - 2 * halo)
+    budget = prob.block_pixels // max(row_pixels, 1) - 2 * halo
+    if prob.ndim >= 3 and budget < 2 * halo:
+        return None
+    core = max(halo, budget)
     if rows < 3 * (core + 2 * halo):
         return None
     n = -(-rows // core)
