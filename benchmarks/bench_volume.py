@@ -3,7 +3,8 @@
 
 Cases (fixed here): the bundled 3-D stack (31 x 61 x 57, its own noise), and the synthetic
 development volume ``synthetic_nuclei(2000, (32, 64, 64), noise=20)`` mirror-tiled to
-32 x 128 x 128 (0.5 M voxels) and 64 x 256 x 256 (4.2 M voxels). Each (case, variant) runs in a
+32 x 128 x 128 (0.5 M voxels) and 64 x 256 x 256 (4.2 M voxels); with ``--cases``, also
+128 x 128 x 128 (2.1 M voxels, 128 slices: the mask step's bands, session 20). Each (case, variant) runs in a
 FRESH process, the variants alternating per case and round: a first call (compilation included,
 key 0) and a warm call (key 1); Dice, outer iterations, Adam steps, peak RSS. Writes
 ``results/volume/volume.json`` (or ``--out``) with the machine.
@@ -23,7 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {"stack": None, "syn_32x128x128": (1, 2, 2), "syn_64x256x256": (2, 4, 4)}
+CASES = {"stack": None, "syn_32x128x128": (1, 2, 2), "syn_64x256x256": (2, 4, 4),
+         "syn_128x128x128": (4, 2, 2)}
 VARIANTS = {"full": {}, "factorised": {"net_conv3d": "factorised"}}
 
 
@@ -67,7 +69,8 @@ def one(case: str, variant: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=list(CASES)[:3], choices=list(CASES))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--repeat", type=int, default=1, help="alternating rounds per case")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "volume")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
     rows = []
     for case in args.cases:
         for rnd in range(args.repeat):
-            order = list(VARIANTS) if rnd % 2 == 0 else list(VARIANTS)[::-1]
+            order = args.variants if rnd % 2 == 0 else args.variants[::-1]
             for v in order:
                 p = subprocess.run([sys.executable, __file__, "--one", case, v],
                                    capture_output=True, text=True)
@@ -96,8 +99,8 @@ def main(argv=None) -> int:
                                         and r["variant"] == v and k in r)
                    for k in ("cold_s", "warm_s", "warm_dice", "cold_dice", "peak_rss_gib")
                    if any(k in r for r in rows if r["case"] == case and r["variant"] == v)}
-               for v in VARIANTS}
-        if all("warm_s" in med[v] for v in VARIANTS):
+               for v in args.variants}
+        if all("warm_s" in med.get(v, {}) for v in VARIANTS):
             med["warm_speedup"] = round(med["full"]["warm_s"] / med["factorised"]["warm_s"], 2)
         summary[case] = med
     print(json.dumps(summary))
