@@ -187,10 +187,11 @@ def _band_layout(prob: Problem, shape: tuple, n_steps: int):
     volume whose bands would hold fewer than ``2 * halo`` core slices.
 
     Volumes: a band's halo is ``2 * halo`` whole slices, so with large slices the redundant
-    halo work outweighs the cache gain (``benchmarks/bench_pd_bands.py --volumes``, 2-core CPU,
-    B = 2^18: 100 x 256 x 256 ran at 0.31x, 128^3 0.50x, 120 x 80 x 80 0.62x the whole-array
-    rate with cores of 11 / 11 / 18 slices, against 1.24x-1.47x with cores of 28-61 slices).
-    Images keep bands down to ``core = halo`` (8192^2 still gained 1.27x there)."""
+    halo work outweighs the cache gain (``benchmarks/results/pd_bands_s20/``, 2-core CPU,
+    B = 2^18, bands over whole arrays: 100 x 256 x 256 0.32x and 128^3 0.56x with cores of 11
+    slices, 120 x 80 x 80 / 200 x 96 x 96 0.97x / 0.99x with 18 / 11, 0.98x-1.36x with cores of
+    28-61 slices). Images keep bands down to ``core = halo`` (8192^2 gained 1.27x from them in a
+    scratch run)."""
     if prob.block_pixels <= 0:
         return None
     ax = len(shape) - prob.ndim
