@@ -59,7 +59,8 @@ def backend_policy(backend: str | None = None) -> dict:
     on CPU (its cost is per pixel there) and 16 on accelerators (a step's cost there is mostly
     launch overhead, so more pixels per step are nearly free). On CPU the mask step iterates
     large images in bands of 2^18 pixels (:class:`self2seg_jax.pdhg.Problem`: same iterates,
-    computed in cache; 2.3x the iterations per second at 2048^2). XLA compiler options (XLA:CPU's
+    computed in cache; 2.3x the iterations per second at 2048^2; volumes only where a band
+    holds at least 22 core slices). XLA compiler options (XLA:CPU's
     YNNPACK fusions off on CPUs without AVX-512) are decided by
     :func:`self2seg_jax.backend.compiler_options`, which every compiled entry point applies.
     """
