@@ -38,10 +38,8 @@ def volume(case: str):
     if CASES[case] is None:
         return s2s.data.load_sample_3d()
     noisy, _, gt = s2s.data.synthetic_nuclei(2000, (32, 64, 64), noise=20)
-    for ax, r in enumerate(CASES[case]):
-        noisy = np.concatenate([noisy if i % 2 == 0 else np.flip(noisy, ax) for i in range(r)], ax)
-        gt = np.concatenate([gt if i % 2 == 0 else np.flip(gt, ax) for i in range(r)], ax)
-    return noisy, gt
+    pads = [(0, n * (r - 1)) for n, r in zip(noisy.shape, CASES[case])]
+    return np.pad(noisy, pads, mode="symmetric"), np.pad(gt, pads, mode="symmetric")
 
 
 def one(case: str, variant: str) -> dict:
