@@ -190,8 +190,9 @@ def _band_layout(prob: Problem, shape: tuple, n_steps: int):
     halo work outweighs the cache gain (``benchmarks/results/pd_bands_s20/``, 2-core CPU,
     B = 2^18, bands over whole arrays: 100 x 256 x 256 0.32x and 128^3 0.56x with cores of 11
     slices, 120 x 80 x 80 / 200 x 96 x 96 0.97x / 0.99x with 18 / 11, 0.98x-1.36x with cores of
-    28-61 slices). Images keep bands down to ``core = halo`` (8192^2 gained 1.27x from them in a
-    scratch run)."""
+    28-61 slices). Images keep bands down to ``core = halo``: 4096^2 1.61x, 6144^2 (cores of 20
+    rows) 1.51x, but 8192^2, whose core is forced up to ``halo`` = 11 rows, 0.83x
+    (``pd_bands_s20/images_544d813.json``; 1.27x in an earlier scratch run)."""
     if prob.block_pixels <= 0:
         return None
     ax = len(shape) - prob.ndim

@@ -717,5 +717,5 @@ def test_volumes_are_banded_only_with_cores_of_two_halos(shape, banded):
     assert (layout is not None) == banded
     if banded:
         assert layout[2] >= 2 * layout[3]
-    # images keep their bands at the same row size (8192^2 gained from them)
+    # the rule is the volumes': images keep their bands down to core = halo rows
     assert pdhg._band_layout(Problem(block_pixels=2**18), (8192, 8192), 10) is not None
