@@ -185,6 +185,30 @@ def test_conv_loopsafe_3d_forward_and_grads(rng):
         _close(a, b, rtol=2e-4)
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("kz", [1, 3, 5])
+def test_conv_3d_z_taps_are_one_matrix_product_equal_to_xla(kz, padding, rng):
+    """``(k_z, 1, 1, c_in, c_out)`` kernels (a factorised layer's z-taps) take the matrix-product
+    path of the loop-safe 3-D convolution: values and gradients equal XLA's convolution."""
+    x = jnp.asarray(rng.normal(size=(2, 7, 4, 5, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kz, 1, 1, 3, 4)), jnp.float32)
+    out = ops.conv(x, w, impl="lax", padding=padding)
+    t = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+
+    def loss(impl):
+        return lambda a, b: jnp.sum((ops.conv(a, b, impl=impl, padding=padding) - t) ** 2)
+
+    y = jax.jit(lambda a, b: ops.conv(a, b, impl="loopsafe", padding=padding))(x, w)
+    assert y.shape == out.shape == ((2, 7, 4, 5, 4) if padding == "SAME"
+                                    else (2, 8 - kz, 4, 5, 4))
+    _close(y, out, rtol=1e-5)
+    g1 = jax.jit(jax.grad(loss("loopsafe"), argnums=(0, 1)))(x, w)
+    g2 = jax.jit(jax.grad(loss("lax"), argnums=(0, 1)))(x, w)
+    for a, b in zip(g1, g2, strict=True):
+        assert a.shape == b.shape
+        _close(a, b, rtol=2e-4)
+
+
 @pytest.mark.parametrize("impl", ["loopsafe", "lax"])
 @pytest.mark.parametrize("shape", [(2, 9, 7), (1, 5, 6, 7)])
 def test_conv_bias_value_and_grads_match_autodiff(impl, shape, rng):
