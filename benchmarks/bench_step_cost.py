@@ -57,23 +57,37 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=100, help="Adam steps per timed call (2-D)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="CASE",
+                    help="only these cases (default: the first five; 3d_factorised: "
+                         "net_conv3d='factorised', session 21)")
     args = ap.parse_args(argv)
     cases = [("2d", 2, args.steps, {}), ("2d_val1", 2, args.steps, {"val_crops": 1}),
              ("3d", 3, args.steps // 3, {}), ("3d_val1", 3, args.steps // 3, {"val_crops": 1}),
              ("3d_val1_lax_conv", 3, max(args.steps // 10, 10),
-              {"val_crops": 1, "conv_impl": "lax"})]
+              {"val_crops": 1, "conv_impl": "lax"}),
+             ("3d_factorised", 3, args.steps // 3, {"net_conv3d": "factorised"})]
+    if args.cases is None:
+        cases = cases[:5]
+    else:
+        unknown = set(args.cases) - {c[0] for c in cases}
+        if unknown:
+            ap.error(f"unknown cases {sorted(unknown)}")
+        cases = [c for c in cases if c[0] in args.cases]
     rows = []
     for name, nd, steps, over in cases:
         rows.append({"case": name, "ndim": nd, "steps": steps, "overrides": over,
                      "ms_per_step": round(step_ms(nd, steps, args.repeat, **over), 2)})
         print(json.dumps(rows[-1]), flush=True)
     ms = {r["case"]: r["ms_per_step"] for r in rows}
-    derived = {"validation_share_2d": round(1 - ms["2d_val1"] / ms["2d"], 3),
-               "validation_share_3d": round(1 - ms["3d_val1"] / ms["3d"], 3),
-               "step_3d_over_2d": round(ms["3d"] / ms["2d"], 2),
-               "lax_over_loopsafe_3d": round(ms["3d_val1_lax_conv"] / ms["3d_val1"], 2)}
-    print(json.dumps(derived), flush=True)
+    derived = {}
+    if args.cases is None:
+        derived = {"validation_share_2d": round(1 - ms["2d_val1"] / ms["2d"], 3),
+                   "validation_share_3d": round(1 - ms["3d_val1"] / ms["3d"], 3),
+                   "step_3d_over_2d": round(ms["3d"] / ms["2d"], 2),
+                   "lax_over_loopsafe_3d": round(ms["3d_val1_lax_conv"] / ms["3d_val1"], 2)}
+        print(json.dumps(derived), flush=True)
     out = {"rows": rows, "derived": derived, "machine": provenance.provenance(ROOT),
+           "library": str(Path(s2s.__file__).parent),  # PYTHONPATH may name another tree's
            "command": "python benchmarks/bench_step_cost.py " + " ".join(argv or sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"step_cost_{jax.default_backend()}.json").write_text(json.dumps(out, indent=1)
