@@ -187,9 +187,9 @@ def test_conv_loopsafe_3d_forward_and_grads(rng):
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("kz", [1, 3, 5])
-def test_conv_3d_z_taps_are_one_matrix_product_equal_to_xla(kz, padding, rng):
-    """``(k_z, 1, 1, c_in, c_out)`` kernels (a factorised layer's z-taps) take the matrix-product
-    path of the loop-safe 3-D convolution: values and gradients equal XLA's convolution."""
+def test_conv_3d_z_taps_equal_xla(kz, padding, rng):
+    """``(k_z, 1, 1, c_in, c_out)`` kernels (a factorised layer's z-taps) in the loop-safe 3-D
+    convolution: values and gradients equal XLA's convolution, SAME and VALID."""
     x = jnp.asarray(rng.normal(size=(2, 7, 4, 5, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kz, 1, 1, 3, 4)), jnp.float32)
     out = ops.conv(x, w, impl="lax", padding=padding)

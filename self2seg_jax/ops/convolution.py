@@ -105,18 +105,14 @@ add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 def _conv3d_by_slices(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
     """A 3-D convolution as ``k_z`` 2-D loop-safe convolutions over z-shifted slices: XLA:CPU
-    runs 2-D convolutions faster than 3-D ones. A kernel with no in-plane extent
-    ``(k_z, 1, 1, c_in, c_out)`` (the z-taps of a factorised layer) is one matrix product of the
-    ``k_z`` z-shifted inputs, stacked along the channels, with ``(k_z c_in, c_out)``: its
-    gradients are matrix products too, and there is no per-tap convolution to run."""
+    runs 2-D convolutions faster than 3-D ones. (The z-taps ``(k_z, 1, 1, c_in, c_out)`` of a
+    factorised layer as one matrix product of the stacked z-shifted inputs were no faster per
+    Adam step: ``benchmarks/results/step_cost_s21/``.)"""
     n = x.shape[0]
     r = w.shape[0] // 2
     if padding == "SAME":
         x = jnp.pad(x, [(0, 0), (r, r)] + [(0, 0)] * 3)
     d = x.shape[1] - 2 * r
-    if w.shape[1:3] == (1, 1):
-        xs = jnp.concatenate([x[:, t:t + d] for t in range(w.shape[0])], axis=-1)
-        return jnp.dot(xs, w.reshape(-1, w.shape[-1]))
     out = None
     for t in range(w.shape[0]):
         y = conv_loopsafe(x[:, t:t + d].reshape((n * d,) + x.shape[2:]), w[t], padding)
