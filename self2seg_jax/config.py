@@ -118,8 +118,8 @@ class Self2SegConfig:
     net_depth: int = _opt(4, "CNN expert 3x3 conv layers (the paper's net: 8)", metavar="L")
     net_conv3d: str = _opt("full", "CNN experts' layers on volumes: full 3x3x3 convolutions or "
                            "factorised ones (3x3 in-plane, then 3 taps along z: 0.44x the "
-                           "multiply-adds; slightly lower Dice on the development volumes, so "
-                           "not the default)")
+                           "multiply-adds; lower Dice on fresh synthetic volumes, so not the "
+                           "default)")
     smooth_size: int = _opt(15, "odd window side of smooth experts' local mean", metavar="K")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
