@@ -82,8 +82,9 @@ VARIANTS = {
     # use) the same; (3) speed was shown in session 20 (results/volume_s20/). (Edited after
     # the declaration, before any Dice run: the z-taps as one matrix product were measured no
     # faster and reverted, results/step_cost_s21/; the rule is unchanged.) All three met:
-    # net_conv3d defaults to "factorised". Any one
-    # missed: it stays an option and is not looked at again under this protocol.
+    # net_conv3d defaults to "factorised". Any one missed: it stays an option and is not
+    # looked at again under this protocol. Outcome: (1) met, (2) failed (-0.0112, W/T/L
+    # 1/5/12, results/dev_volume_s21_confirm_k2/); net_conv3d stays "full".
 }
 #: Tolerated loss of mean Dice (vs the default) of ``rule_met`` over all synthetic volumes, per
 #: variant: 0 (must not lose) unless listed — speed changes tolerate -0.005.
