@@ -4,8 +4,8 @@
 Cases (fixed here): the bundled 3-D stack (31 x 61 x 57, its own noise), and the synthetic
 development volume ``synthetic_nuclei(2000, (32, 64, 64), noise=20)`` mirror-tiled to
 32 x 128 x 128 (0.5 M voxels) and 64 x 256 x 256 (4.2 M voxels); with ``--cases``, also
-128 x 128 x 128 (2.1 M voxels, 128 slices: the mask step's bands, session 20). Each (case, variant) runs in a
-FRESH process, the variants alternating per case and round: a first call (compilation included,
+128 x 128 x 128 (2.1 M voxels, 128 slices: the mask step's bands, session 20). Each (case,
+variant) runs in a FRESH process, the variants alternating per case and round: a first call (compilation included,
 key 0) and a warm call (key 1); Dice, outer iterations, Adam steps, peak RSS. Writes
 ``results/volume/volume.json`` (or ``--out``) with the machine.
 

@@ -158,8 +158,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "summary.json").write_text(json.dumps(
-        {"set": args.which, "keys": args.keys, "synthetic_mean_dice": syn, "paired_vs_default": paired,
-         "variants": VARIANTS, "machine": machine,
+        {"set": args.which, "keys": args.keys, "synthetic_mean_dice": syn,
+         "paired_vs_default": paired, "variants": VARIANTS, "machine": machine,
          "command": "python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:]))},
         indent=1) + "\n")
     return 0
