@@ -11,6 +11,10 @@ method runs in a FRESH subprocess (so "cold" includes compiling and peak RSS is 
   min / patience), session 9's first candidate default, timed side by side with them;
 * ``width16_lr2e-3`` — the defaults with 16-channel experts and Adam step 2e-3 (session 9's
   second candidate);
+* ``constant`` — the defaults with a constant foreground expert too: the library's convex
+  Chan–Vese with the same start, lambda, mu, stop rules and mask step (the baseline with the
+  same helpers; session 22 found it beating the default on the whole sample at noise 30,
+  ``results/mask_bias_s22``);
 * ``skimage_cv`` — ``skimage.segmentation.chan_vese`` on the normalised image, best of
   mu in {0.05, 0.1, 0.2, 0.4} by Dice (an oracle choice, as in the issue's table).
 
@@ -85,7 +89,8 @@ def run_self2seg(size: int, mode: str, cold_only: bool = False) -> dict:
     cfg = {"default": s2s.Self2SegConfig(), "full": s2s.Self2SegConfig(train_mode="full"),
            "width16_300": s2s.Self2SegConfig(net_width=16, train_max_steps=300,
                                              train_min_steps=100, train_patience=100),
-           "width16_lr2e-3": s2s.Self2SegConfig(net_width=16, learning_rate=2e-3)}[mode]
+           "width16_lr2e-3": s2s.Self2SegConfig(net_width=16, learning_rate=2e-3),
+           "constant": s2s.Self2SegConfig(fg_expert="constant")}[mode]
     vol = size == VOLUME
     t0 = time.perf_counter()
     r1 = s2s.segment(jax.random.key(0), noisy, config=cfg, volume=vol)
