@@ -436,10 +436,38 @@ def finish(state: alternating.State, p: Prepared, config: Self2SegConfig) -> Sel
     """The :class:`Self2SegResult` of a final state of the prepared image ``p`` run with
     ``config`` (whose ``lam`` is the value used), after the primal–dual cap check."""
     result = build_result(state, p.spec, lo=p.lo, hi=p.hi, init_labels=p.start.labels,
-                          channel_axis=p.channel_axis, lam=config.lam)
+                          channel_axis=p.channel_axis, lam=config.lam,
+                          final=refine(state, p, config) if config.refine_size else None)
     check_pd_cap(result.pd_iterations, config)
     check_drift(result.mask_changes, result.status)
     return result
+
+
+def refine(state: alternating.State, p: Prepared, config: Self2SegConfig):
+    """The local Chan–Vese step of ``config.refine_size`` after a finished scheme:
+    ``(state, spec)`` of one outer iteration whose experts are every class's leave-one-out
+    local mean over a ``refine_size`` window (``"smooth"`` experts), started from the scheme's
+    labels, with the same ``lam`` and no reference-mask term (``mu = 0``), or None when there is
+    nothing to refine (the scheme's labels miss a class, or the step itself emptied a class or
+    met non-finite values: the scheme's labels stand).
+
+    A flexible CNN expert explains the blurred rim and the glow around bright objects better
+    than a constant background does, so the scheme's masks run large; local means place each
+    boundary midway between the object's own level and its surroundings' (dim objects keep
+    their own level, unlike one region mean). ``state``: final scheme state (host or device)."""
+    labels = np.asarray(jax.device_get(state.labels))
+    if np.unique(labels).size < p.spec.num_classes:
+        return None
+    train = dataclasses.replace(p.spec.train, smooth_size=config.refine_size)
+    spec = dataclasses.replace(p.spec, kinds=("smooth",) * p.spec.num_classes, train=train,
+                               max_outer=1, data_filter=1, blind_spot=False)
+    start = initialisation.start(p.k_run, p.f, labels, num_classes=spec.num_classes,
+                                 ndim=spec.ndim, denoise=None)
+    step_config = config.replace(mu=0.0, max_outer=1)
+    final, _ = run_prepared(p._replace(spec=spec, start=start), step_config)
+    if int(final.status) in (alternating.DEGENERATE, alternating.NONFINITE):
+        return None
+    return final, spec
 
 
 def resolve_lam(p: Prepared, config: Self2SegConfig) -> Self2SegConfig:
@@ -457,11 +485,13 @@ segment_multiclass = segment  # the 0.1 name of the multi-class entry point (sam
 
 def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float, hi: float,
                  init_labels, channel_axis: int | None = None,
-                 lam: float = float("nan")) -> Self2SegResult:
+                 lam: float = float("nan"), final=None) -> Self2SegResult:
     """The :class:`Self2SegResult` of a final scheme state: host arrays in the input's
     intensity scale (``lo``, ``hi`` of the normalisation) and layout (``channel_axis`` of the
     input, normalised to be non-negative; None without channels). Raises on a non-finite run,
-    warns on a degenerate one."""
+    warns on a degenerate one. ``final``: ``(state, spec)`` of a step after the scheme
+    (:func:`refine`) whose labels and relaxed mask replace the scheme's (the denoised image
+    then mixes the scheme's expert outputs by them; the record stays the scheme's)."""
     s = jax.device_get(state)
     status, n = int(s.status), int(s.it)
     if status == alternating.NONFINITE:
@@ -473,7 +503,13 @@ def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float,
                       "too many classes, or experts that cannot tell the regions apart); "
                       "returning the labels of the iteration before"
                       + (" (the start)" if n == 1 else ""), RuntimeWarning, stacklevel=3)
-    probs = np.asarray(alternating.probabilities(s, spec), np.float32)
+    labels = np.asarray(s.labels, np.int32)
+    if final is not None:
+        labels = np.asarray(jax.device_get(final[0].labels), np.int32)
+        probs = np.asarray(alternating.probabilities(jax.device_get(final[0]), final[1]),
+                           np.float32)
+    else:
+        probs = np.asarray(alternating.probabilities(s, spec), np.float32)
     den = np.asarray(s.den, np.float32)
     comp = np.asarray(alternating.composite(probs, den))
     scale = hi - lo
@@ -481,7 +517,7 @@ def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float,
     if channel_axis is not None:  # channel-first inside -> the input's layout
         outs, comp = np.moveaxis(outs, 1, 1 + channel_axis), np.moveaxis(comp, 0, channel_axis)
     return Self2SegResult(
-        labels=np.asarray(s.labels, np.int32), probabilities=probs,
+        labels=labels, probabilities=probs,
         denoised=comp.astype(np.float32), expert_outputs=outs.astype(np.float32),
         energies=np.asarray(s.energies[:n]), num_outer=n, status=alternating.STATUS_NAMES[status],
         mask_changes=np.asarray(s.changes[:n]), pd_iterations=np.asarray(s.pd_iters[:n]),

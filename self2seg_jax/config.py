@@ -121,6 +121,10 @@ class Self2SegConfig:
                            "multiply-adds; lower Dice on fresh synthetic volumes, so not the "
                            "default)")
     smooth_size: int = _opt(15, "odd window side of smooth experts' local mean", metavar="K")
+    refine_size: int = _opt(0, "after the scheme, one local Chan-Vese mask step started from its "
+                            "mask: each class's data term from its local mean (leave-one-out, "
+                            "odd window W); sets boundaries midway between the local levels; "
+                            "0 = off", metavar="W")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
     learning_rate: float = _opt(1e-3, "Adam step size of CNN experts (the paper: 1e-3)",
@@ -266,6 +270,8 @@ class Self2SegConfig:
         for name in ("data_filter", "linear_size", "smooth_size"):
             if not (getattr(self, name) >= 1 and getattr(self, name) % 2 == 1):
                 bad(f"{name} must be an odd integer >= 1, got {getattr(self, name)!r}")
+        if not (self.refine_size == 0 or (self.refine_size >= 3 and self.refine_size % 2 == 1)):
+            bad(f"refine_size must be 0 (off) or an odd integer >= 3, got {self.refine_size!r}")
         for name in ("net_width", "net_depth", "train_max_steps", "val_every", "n_average",
                      "max_outer", "pd_max_iter", "pd_check_every", "val_crops"):
             if not getattr(self, name) >= 1:
