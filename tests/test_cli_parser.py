@@ -134,8 +134,8 @@ def test_each_generated_flag_sets_its_field():
         elif f.type == "float":
             want = 2 * v
             argv = [flag, repr(want)]
-        else:  # int: stay odd for the odd-only sizes
-            want = v + 2
+        else:  # int: stay odd for the odd-only sizes (refine_size: 0 = off, else odd >= 3)
+            want = v + 2 if v else 3
             argv = [flag, str(want)]
         cfg, extra = _config(["segment", "a.tif", "-o", "o", *argv])
         assert cfg == default.replace(**{f.name: want}), f.name

@@ -1,0 +1,86 @@
+"""The local Chan–Vese step after the scheme (``Self2SegConfig.refine_size``, ``api.refine``)."""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import self2seg_jax as s2s
+from self2seg_jax import api
+
+CHEAP = dict(train_max_steps=20, train_min_steps=10, train_patience=10, max_outer=2)
+
+
+def _blurred_discs(seed=0, shape=(96, 96), noise=5.0):
+    """Discs of two brightness levels (dim and bright), blurred edges, low noise, and their
+    truth: a mask placed midway up each edge is the truth."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    truth = np.zeros(shape, bool)
+    clean = np.full(shape, 20.0, np.float32)
+    for (cy, cx, r, level) in ((28, 28, 11, 200.0), (66, 64, 13, 70.0), (26, 72, 8, 140.0)):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+        truth |= disc
+        clean += (level - 20.0) * disc
+    clean = ndimage.gaussian_filter(clean, 1.5).astype(np.float32)
+    noisy = clean + rng.normal(0, noise, shape).astype(np.float32)
+    return noisy, truth
+
+
+def test_refine_moves_a_dilated_mask_back_to_the_edges():
+    """Started from the truth dilated by 2 pixels (what a CNN expert's rim makes), one step
+    moves the boundary most of the way back to the edges' midpoints (the local foreground mean
+    still includes part of the rim, so one step does not go all the way) — on the dim disc
+    too, which one foreground mean (plain Chan–Vese) would pull towards the background."""
+    noisy, truth = _blurred_discs()
+    cfg = s2s.Self2SegConfig(refine_size=15)
+    p = api.prepare(jax.random.key(0), noisy, config=cfg)
+    fat = ndimage.binary_dilation(truth, iterations=2)
+    out = api.refine(types.SimpleNamespace(labels=fat.astype(np.int32)), p, cfg)
+    assert out is not None
+    refined = np.asarray(out[0].labels) == 1
+    assert s2s.metrics.dice(fat, truth) < 0.87
+    assert s2s.metrics.dice(refined, truth) > 0.94
+    assert 1.0 < refined.sum() / truth.sum() < 1.12 < fat.sum() / truth.sum()
+    yy, xx = np.mgrid[:96, :96]
+    dim = (yy - 66) ** 2 + (xx - 64) ** 2 < 17 ** 2  # around the dim disc only
+    assert s2s.metrics.dice(refined & dim, truth & dim) > 0.93
+
+
+def test_refine_is_skipped_when_a_class_is_missing():
+    noisy, _ = _blurred_discs()
+    cfg = s2s.Self2SegConfig(refine_size=15)
+    p = api.prepare(jax.random.key(0), noisy, config=cfg)
+    full = types.SimpleNamespace(labels=np.ones(noisy.shape, np.int32))
+    assert api.refine(full, p, cfg) is None
+
+
+def test_segment_with_refine_keeps_the_schemes_record_and_is_deterministic():
+    noisy, truth = _blurred_discs(seed=1, noise=10.0)
+    plain = s2s.segment(jax.random.key(3), noisy, config=s2s.Self2SegConfig(**CHEAP))
+    cfg = s2s.Self2SegConfig(refine_size=15, **CHEAP)
+    a = s2s.segment(jax.random.key(3), noisy, config=cfg)
+    b = s2s.segment(jax.random.key(3), noisy, config=cfg)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # the scheme's record (energies, iterations, status, expert outputs) is the unrefined run's
+    np.testing.assert_array_equal(a.energies, plain.energies)
+    assert (a.num_outer, a.status) == (plain.num_outer, plain.status)
+    np.testing.assert_array_equal(a.expert_outputs, plain.expert_outputs)
+    # the mask is the refined one, consistent with the relaxed mask returned beside it
+    np.testing.assert_array_equal(a.labels, np.argmax(a.probabilities, 0))
+    assert s2s.metrics.dice(a.mask, truth) >= s2s.metrics.dice(plain.mask, truth) - 0.01
+
+
+@pytest.mark.parametrize("bad", [1, 2, 4, -3])
+def test_refine_size_is_validated(bad):
+    with pytest.raises(ValueError, match="refine_size"):
+        s2s.Self2SegConfig(refine_size=bad)
+
+
+def test_refine_size_is_a_cli_flag():
+    from self2seg_jax.cli.parser import build_parser, config_from_args
+
+    args = build_parser().parse_args(["segment", "in.tif", "-o", "out", "--refine-size", "31"])
+    assert config_from_args(args)[0].refine_size == 31
