@@ -92,7 +92,9 @@ VARIANTS = {
     # at 50; W 7 the weakest), never on this set. Rule fixed now: a window becomes the default
     # only if, with --keys 2, (1) its mean over the six cells is >= the default's + 0.005 and
     # no cell is below the default's - 0.01, and (2) dev_volume.py's rule for it (its comment)
-    # holds; if both windows pass, the one with the higher mean here.
+    # holds; if both windows pass, the one with the higher mean here. Outcome (session 22,
+    # results/dev_defaults_s22_k2/): refine_15 0.8344 vs 0.8287 (+0.0057) but noise 50 / 512^2
+    # -0.020; refine_31 0.8303 (+0.0016) — both fail (1): refine_size stays 0 (off).
     "refine_15": dict(refine_size=15),
     "refine_31": dict(refine_size=31),
 }
