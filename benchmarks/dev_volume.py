@@ -78,6 +78,8 @@ VARIANTS = {
     # scratch runs only; never a volume). Volume part of the rule: with --keys 2, (1) on the
     # development volumes the all, flat and glow means each >= the default's - 0.005, then (2)
     # on the fresh confirm2 set (its first use) the same. The bundled stack is reported beside.
+    # Outcome (results/dev_volume_s22_k2/): (1) met by W 15 (+0.0117, glow +0.021, flat
+    # +0.002), missed by W 31 (flat -0.0155); moot, as both failed the 2-D part: confirm2 unused.
     "refine_15": dict(refine_size=15),
     "refine_31": dict(refine_size=31),
     # Session 21: a SECOND LOOK at factorised_3d, which failed (1) above in session 20 on flat
