@@ -503,13 +503,9 @@ def build_result(state: alternating.State, spec: alternating.Spec, *, lo: float,
                       "too many classes, or experts that cannot tell the regions apart); "
                       "returning the labels of the iteration before"
                       + (" (the start)" if n == 1 else ""), RuntimeWarning, stacklevel=3)
-    labels = np.asarray(s.labels, np.int32)
-    if final is not None:
-        labels = np.asarray(jax.device_get(final[0].labels), np.int32)
-        probs = np.asarray(alternating.probabilities(jax.device_get(final[0]), final[1]),
-                           np.float32)
-    else:
-        probs = np.asarray(alternating.probabilities(s, spec), np.float32)
+    shown, shown_spec = (s, spec) if final is None else (jax.device_get(final[0]), final[1])
+    labels = np.asarray(shown.labels, np.int32)
+    probs = np.asarray(alternating.probabilities(shown, shown_spec), np.float32)
     den = np.asarray(s.den, np.float32)
     comp = np.asarray(alternating.composite(probs, den))
     scale = hi - lo
