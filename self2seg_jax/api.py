@@ -448,8 +448,9 @@ def refine(state: alternating.State, p: Prepared, config: Self2SegConfig):
     ``(state, spec)`` of one outer iteration whose experts are every class's leave-one-out
     local mean over a ``refine_size`` window (``"smooth"`` experts), started from the scheme's
     labels, with the same ``lam`` and no reference-mask term (``mu = 0``), or None when there is
-    nothing to refine (the scheme's labels miss a class, or the step itself emptied a class or
-    met non-finite values: the scheme's labels stand).
+    nothing to refine (the scheme's labels miss a class, their :func:`contrast_to_noise` is
+    below ``config.refine_min_cnr``, or the step itself emptied a class or met non-finite
+    values: the scheme's labels stand).
 
     A flexible CNN expert explains the blurred rim and the glow around bright objects better
     than a constant background does, so the scheme's masks run large; local means place each
@@ -457,6 +458,9 @@ def refine(state: alternating.State, p: Prepared, config: Self2SegConfig):
     their own level, unlike one region mean). ``state``: final scheme state (host or device)."""
     labels = np.asarray(jax.device_get(state.labels))
     if np.unique(labels).size < p.spec.num_classes:
+        return None
+    if (config.refine_min_cnr > 0
+            and contrast_to_noise(p.f, labels, p.spec.num_classes) < config.refine_min_cnr):
         return None
     train = dataclasses.replace(p.spec.train, smooth_size=config.refine_size)
     spec = dataclasses.replace(p.spec, kinds=("smooth",) * p.spec.num_classes, train=train,

@@ -125,6 +125,9 @@ class Self2SegConfig:
                             "mask: each class's data term from its local mean (leave-one-out, "
                             "odd window W); sets boundaries midway between the local levels; "
                             "0 = off", metavar="W")
+    refine_min_cnr: float = _opt(0.0, "refine only when the scheme's classes stand at least this "
+                                 "many noise stds apart (median gap over a robust noise std, "
+                                 "api.contrast_to_noise); 0 = always", metavar="T")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",
                             metavar="K")
     learning_rate: float = _opt(1e-3, "Adam step size of CNN experts (the paper: 1e-3)",
@@ -272,6 +275,8 @@ class Self2SegConfig:
                 bad(f"{name} must be an odd integer >= 1, got {getattr(self, name)!r}")
         if not (self.refine_size == 0 or (self.refine_size >= 3 and self.refine_size % 2 == 1)):
             bad(f"refine_size must be 0 (off) or an odd integer >= 3, got {self.refine_size!r}")
+        if not (self.refine_min_cnr >= 0 and math.isfinite(self.refine_min_cnr)):
+            bad(f"refine_min_cnr must be a finite number >= 0, got {self.refine_min_cnr!r}")
         for name in ("net_width", "net_depth", "train_max_steps", "val_every", "n_average",
                      "max_outer", "pd_max_iter", "pd_check_every", "val_crops"):
             if not getattr(self, name) >= 1:

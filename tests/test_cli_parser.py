@@ -132,7 +132,7 @@ def test_each_generated_flag_sets_its_field():
             want = next(c for c in P.CHOICES[f.name] if c != v)
             argv = [flag, want]
         elif f.type == "float":
-            want = 2 * v
+            want = 2 * v if v else 1.5  # a default of 0 (refine_min_cnr) must move too
             argv = [flag, repr(want)]
         else:  # int: stay odd for the odd-only sizes (refine_size: 0 = off, else odd >= 3)
             want = v + 2 if v else 3

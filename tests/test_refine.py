@@ -85,3 +85,50 @@ def test_refine_size_is_a_cli_flag():
 
     args = build_parser().parse_args(["segment", "in.tif", "-o", "out", "--refine-size", "31"])
     assert config_from_args(args)[0].refine_size == 31
+
+
+def _step(shape=(200, 200), gap=10.0, noise=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, noise, shape)
+    lab = np.zeros(shape, np.int32)
+    lab[:, shape[1] // 2:] = 1
+    return x + gap * lab, lab
+
+
+def test_contrast_to_noise_measures_the_gap_in_noise_stds():
+    """A step of 10 under Gaussian noise of std 2: ratio 5, whatever the intensity scale and
+    offset; the noise estimate ignores the one edge."""
+    x, lab = _step()
+    cnr = api.contrast_to_noise(x, lab, 2)
+    assert cnr == pytest.approx(5.0, rel=0.04)
+    assert api.contrast_to_noise(3.0 * x + 7.0, lab, 2) == pytest.approx(cnr, rel=1e-9)
+    assert api.contrast_to_noise(x, lab, 2) > api.contrast_to_noise(*_step(noise=4.0), 2) * 1.8
+
+
+def test_contrast_to_noise_channels_classes_and_edge_cases():
+    x, lab = _step()
+    # two channels with the same gap: the gap's norm grows by sqrt(2), the noise std stays
+    two = np.stack([x, _step(seed=1)[0]])
+    assert api.contrast_to_noise(two, lab, 2) == pytest.approx(
+        np.sqrt(2) * api.contrast_to_noise(x, lab, 2), rel=0.05)
+    # three classes: the smallest gap decides (levels 0, 10, 12: gap 2 over noise 2)
+    lab3 = lab.copy()
+    lab3[:100, 100:] = 2
+    x3 = x + 2.0 * (lab3 == 2)
+    assert api.contrast_to_noise(x3, lab3, 3) == pytest.approx(1.0, rel=0.08)
+    assert api.contrast_to_noise(x, np.zeros_like(lab), 2) == 0.0  # an empty class
+    assert api.contrast_to_noise(10.0 * lab, lab, 2) == float("inf")  # no noise
+
+
+def test_refine_min_cnr_gates_the_step():
+    """The step runs when the scheme's classes stand further apart than refine_min_cnr noise
+    stds, and is skipped (the scheme's labels stand) when they do not."""
+    noisy, truth = _blurred_discs()
+    fat = types.SimpleNamespace(labels=ndimage.binary_dilation(truth, iterations=2)
+                                .astype(np.int32))
+    cfg = s2s.Self2SegConfig(refine_size=15)
+    p = api.prepare(jax.random.key(0), noisy, config=cfg)
+    cnr = api.contrast_to_noise(p.f, fat.labels, 2)
+    assert 3.0 < cnr < 100.0
+    assert api.refine(fat, p, cfg.replace(refine_min_cnr=0.9 * cnr)) is not None
+    assert api.refine(fat, p, cfg.replace(refine_min_cnr=1.1 * cnr)) is None
