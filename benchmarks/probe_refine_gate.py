@@ -14,7 +14,28 @@ with refine_15 in session 22) and the bundled 512^2 sample at noise 10 / 30 / 50
 key 0; seen in session 22's mask_bias). ``--set dev3d``: dev_volume.py's development volumes
 (seen with refine_15 in session 22). Writes ``rows.jsonl`` to ``--out``.
 
-    python benchmarks/probe_refine_gate.py --out benchmarks/results/refine_gate_s23
+``--set fresh``: 18 FRESH 2-D images no earlier run has used — ``synthetic_nuclei(6000 + s)``,
+otherwise the cells of the development set; ``--set confirm2``: dev_volume.py's fresh
+confirmation volumes (seeds 4000-4002, first use) and the bundled stack (reported only).
+
+Declared in session 23 after the development rows above (results/refine_gate_s23/rows_dev,
+rows_dev3d) and before any run on ``fresh`` or ``confirm2``: the candidate is
+``refine_size=15, refine_min_cnr=2.2`` (``GATE``; on the development images the scheme's
+statistic was 2.65-4.39 at noise 10 and 1.22-1.76 at noise 30/50, 2.2 lies between; volumes
+2.78-4.16 at noise 20, 1.55-1.87 at noise 40). Rule, with ``--keys 2`` (an image's Dice: the
+mean over its keys): it becomes the default only if (1) on ``fresh`` its mean over the six
+cells is >= the default's + 0.005 and no cell is below the default's - 0.01, and (2) on
+``confirm2`` its mean over the 18 synthetic volumes and over each group (flat, glow) is >= the
+default's - 0.005. If either fails, both fields stay 0 (off) and this gate is not looked at
+again under this protocol. The DSB2018 patches and the bundled sample and stack are reported
+beside, never deciding. The scheme's run is shared: the candidate's mask is the refined one
+where the statistic reaches the gate and the scheme's elsewhere, exactly what
+``segment(..., config=Self2SegConfig(refine_size=15, refine_min_cnr=2.2))`` returns
+(``api.refine`` applies the same statistic to the same labels).
+
+    python benchmarks/probe_refine_gate.py --set dev --out benchmarks/results/refine_gate_s23
+    python benchmarks/probe_refine_gate.py --set fresh --keys 2 --out ...
+    python benchmarks/probe_refine_gate.py --set confirm2 --keys 2 --out ...
 """
 
 from __future__ import annotations
@@ -32,6 +53,7 @@ import self2seg_jax as s2s
 from self2seg_jax import api, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
+GATE = 2.2  # the candidate's refine_min_cnr (module docstring)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -47,23 +69,40 @@ def inputs(which):
         for n in (10.0, 30.0, 50.0):
             yield f"sample_n{n:g}", "sample_s0", s2s.data.add_gaussian_noise(0, clean, n), gt, 0, \
                 False
+    elif which == "fresh":
+        for n in (10.0, 30.0, 50.0):
+            for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1))):
+                for sd in seeds:
+                    noisy, _, gt = s2s.data.synthetic_nuclei(6000 + sd, (size, size), noise=n)
+                    yield f"n{n:g}_{size}", f"syn{6000 + sd}", noisy, gt, sd, False
     else:
         import dev_volume
-        for i, (name, (noisy, gt)) in enumerate(dev_volume.volumes("dev").items()):
-            yield name.rsplit("_", 1)[0], name, noisy, gt, i, True
+        for i, (name, (noisy, gt)) in enumerate(
+                dev_volume.volumes("dev" if which == "dev3d" else which).items()):
+            group = "stack" if name == "bundled_stack" else (
+                "glow" if name.startswith("syn_glow") else "flat")
+            yield group, name, noisy, gt, i, True
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", dest="which", choices=("dev", "dev3d"), default="dev")
+    ap.add_argument("--set", dest="which", choices=("dev", "dev3d", "fresh", "confirm2"),
+                    default="dev")
     ap.add_argument("--window", type=int, default=15)
+    ap.add_argument("--keys", type=int, default=1,
+                    help="runs per image, keys i + 1000 k for k < KEYS; an image's Dice is the "
+                         "mean over its keys")
+    ap.add_argument("--gate", type=float, default=GATE,
+                    help="refine_min_cnr of the candidate whose rule the summary applies")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     record = provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))
     cfg = s2s.Self2SegConfig(crop_batch=2, refine_size=args.window)
     rows = []
-    for group, name, noisy, gt, key, volume in inputs(args.which):
+    runs = [(g, nm, x, gt, i + 1000 * k, vol) for g, nm, x, gt, i, vol in inputs(args.which)
+            for k in range(args.keys)]
+    for group, name, noisy, gt, key, volume in runs:
         p = api.prepare(jax.random.key(key), noisy, config=cfg, volume=volume)
         state, used = api.run_prepared(p, cfg)
         labels = np.asarray(jax.device_get(state.labels))
@@ -78,11 +117,66 @@ def main(argv=None) -> int:
         row["gain"] = round(row["dice_refined"] - row["dice"], 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    summary = summarise(rows, args.gate, volumes=args.which in ("dev3d", "confirm2"))
+    print(json.dumps(summary, indent=1))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"rows_{args.which}.jsonl").write_text("".join(json.dumps(r) + "\n"
                                                                for r in rows))
-    (args.out / f"run_{args.which}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.out / f"summary_{args.which}.json").write_text(json.dumps(
+        {"summary": summary, "set": args.which, "keys": args.keys, "window": args.window,
+         **record}, indent=1) + "\n")
     return 0
+
+
+def _p(p: float):
+    return None if not np.isfinite(p) else round(float(p), 4)  # None: every pair tied
+
+
+def summarise(rows, gate: float, *, volumes: bool) -> dict:
+    """Per group: mean Dice of the default, of the step always (``refined``) and of the gated
+    candidate (refined where ``cnr >= gate``), paired differences against the default (mean,
+    W/T/L with ties |d| < 0.001, Wilcoxon p) over images (an image's Dice: mean over keys), and
+    the declared rule (module docstring) applied: 2-D, ``mean over cells >= default + 0.005``
+    and no cell below ``default - 0.01``; volumes, the all / flat / glow means each
+    ``>= default - 0.005`` (the bundled stack reported, never deciding)."""
+    from report_protocol import wilcoxon_p, wtl
+
+    per = {}
+    for r in rows:
+        gated = r["dice_refined"] if r["cnr"] >= gate else r["dice"]
+        per.setdefault((r["group"], r["name"]), []).append(
+            (r["dice"], r["dice_refined"], gated, r["cnr"] >= gate))
+    groups = sorted({g for g, _ in per})
+    if volumes:
+        sets = {g: [k for k in per if k[0] == g] for g in groups}
+        sets["all"] = [k for k in per if k[0] in ("flat", "glow")]
+    else:
+        sets = {g: [k for k in per if k[0] == g] for g in groups if not g.startswith("sample")}
+        sets.update({g: [k for k in per if k[0] == g] for g in groups if g.startswith("sample")})
+    out = {"gate": gate, "groups": {}}
+    for g, keys in sets.items():
+        if not keys:
+            continue
+        m = np.array([np.mean(per[k], axis=0) for k in keys])  # (images, 4)
+        d = m[:, 2] - m[:, 0]
+        out["groups"][g] = {"n": len(keys), "default": round(float(m[:, 0].mean()), 4),
+                            "refined": round(float(m[:, 1].mean()), 4),
+                            "gated": round(float(m[:, 2].mean()), 4),
+                            "refined_share": round(float(m[:, 3].mean()), 3),
+                            "gated_minus_default": round(float(d.mean()), 4),
+                            "w_t_l": wtl(d, 0.001), "wilcoxon_p": _p(wilcoxon_p(d))}
+    gs = out["groups"]
+    if volumes:
+        ok = all(gs[g]["gated_minus_default"] >= -0.005 for g in ("all", "flat", "glow")
+                 if g in gs)
+    else:
+        cells = [g for g in gs if g.startswith("n")]
+        diffs = [gs[g]["gated_minus_default"] for g in cells]
+        ok = bool(cells) and float(np.mean(diffs)) >= 0.005 and min(diffs) >= -0.01
+        out["mean_over_cells"] = {k: round(float(np.mean([gs[g][k] for g in cells])), 4)
+                                  for k in ("default", "refined", "gated")} if cells else {}
+    out["rule_met"] = bool(ok)
+    return out
 
 
 if __name__ == "__main__":
