@@ -35,6 +35,14 @@ beside, never deciding. The scheme's run is shared: the candidate's mask is the 
 where the statistic reaches the gate and the scheme's elsewhere, exactly what
 ``segment(..., config=Self2SegConfig(refine_size=15, refine_min_cnr=2.2))`` returns
 (``api.refine`` applies the same statistic to the same labels).
+Outcome (session 23, results/refine_gate_s23/): (1) met — fresh, mean over the six cells
+0.8270 vs 0.8169 (noise 10: +0.0245 / +0.0362 at 128^2 / 512^2, every image; noise 30 / 50:
+never refined, unchanged); (2) met — confirm2, all +0.0031 (W/T/L 4/13/1), flat +0.0016,
+glow +0.0047. ``refine_size=15, refine_min_cnr=2.2`` are the defaults since. Reported beside:
+DSB2018 noise 10 +0.0375 (14/2/0, p 0.001), noise 30 / 50 never refined; bundled stack (keys
+18 / 1018) 0.556 / 0.621 -> 0.589 / 0.666.
+(These runs computed the statistic in float64; since, float32 and a regular subsample above
+2^21 pixels — no image here is that large, and no run's value lay within 0.005 of the gate.)
 
     python benchmarks/probe_refine_gate.py --set dev --out benchmarks/results/refine_gate_s23
     python benchmarks/probe_refine_gate.py --set fresh --keys 2 --out ...

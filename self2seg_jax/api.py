@@ -474,14 +474,17 @@ def refine(state: alternating.State, p: Prepared, config: Self2SegConfig):
     return final, spec
 
 
-def contrast_to_noise(f: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+def contrast_to_noise(f: np.ndarray, labels: np.ndarray, num_classes: int,
+                      max_samples: int = 1 << 21) -> float:
     """The smallest contrast between two classes over the image's noise (host side).
 
     Contrast: the Euclidean distance between two classes' per-channel medians of ``f``;
     noise: the root mean square over channels of a robust per-pixel noise std, the median
     absolute neighbour difference along every spatial axis times ``1.4826 / sqrt(2)`` (exact
     for Gaussian noise on a locally flat image; edges and texture add a little). ``inf`` when
-    the noise estimate is 0, ``0`` when a class is empty.
+    the noise estimate is 0, ``0`` when a class is empty. Images with more than
+    ``max_samples`` pixels use every ``k``-th pixel (and difference) of the flattened arrays,
+    ``k = ceil(pixels / max_samples)``: bounded time and memory, deterministic.
 
     Args:
       f: ``(*s)`` or ``(C, *s)`` float image (``C`` channels first, as :class:`Prepared`).
@@ -489,18 +492,22 @@ def contrast_to_noise(f: np.ndarray, labels: np.ndarray, num_classes: int) -> fl
       num_classes: number of classes.
     """
     lab = np.asarray(labels)
-    x = np.asarray(f, np.float64).reshape((-1,) + lab.shape)  # (C, *s)
+    x = np.asarray(f, np.float32).reshape((-1,) + lab.shape)  # (C, *s)
+    step = -(-lab.size // max_samples)
     sig2 = []
     for ch in x:
-        d = np.concatenate([np.diff(ch, axis=a).ravel() for a in range(ch.ndim)])
-        sig2.append((1.4826 / np.sqrt(2.0) * np.median(np.abs(d))) ** 2)
+        d = np.concatenate([np.abs(np.diff(ch, axis=a)).ravel()[::step]
+                            for a in range(ch.ndim)])
+        sig2.append((1.4826 / np.sqrt(2.0) * float(np.median(d))) ** 2)
     sigma = float(np.sqrt(np.mean(sig2)))
+    flat_lab = lab.ravel()[::step]
+    flat_x = x.reshape(x.shape[0], -1)[:, ::step]
     med = []
     for k in range(num_classes):
-        sel = lab == k
+        sel = flat_lab == k
         if not sel.any():
             return 0.0
-        med.append(np.median(x[:, sel], axis=1))
+        med.append(np.median(flat_x[:, sel], axis=1).astype(np.float64))
     gap = min(float(np.linalg.norm(med[i] - med[j]))
               for i in range(num_classes) for j in range(i + 1, num_classes))
     return float("inf") if sigma == 0.0 else gap / sigma

@@ -121,11 +121,11 @@ class Self2SegConfig:
                            "multiply-adds; lower Dice on fresh synthetic volumes, so not the "
                            "default)")
     smooth_size: int = _opt(15, "odd window side of smooth experts' local mean", metavar="K")
-    refine_size: int = _opt(0, "after the scheme, one local Chan-Vese mask step started from its "
-                            "mask: each class's data term from its local mean (leave-one-out, "
-                            "odd window W); sets boundaries midway between the local levels; "
-                            "0 = off", metavar="W")
-    refine_min_cnr: float = _opt(0.0, "refine only when the scheme's classes stand at least this "
+    refine_size: int = _opt(15, "after the scheme, one local Chan-Vese mask step started from "
+                            "its mask: each class's data term from its local mean (leave-one-"
+                            "out, odd window W); sets boundaries midway between the local "
+                            "levels; 0 = off", metavar="W")
+    refine_min_cnr: float = _opt(2.2, "refine only when the scheme's classes stand at least this "
                                  "many noise stds apart (median gap over a robust noise std, "
                                  "api.contrast_to_noise); 0 = always", metavar="T")
     linear_size: int = _opt(15, "odd filter size of linear experts (paper Fig. 1: 15)",

@@ -35,7 +35,7 @@ def test_refine_moves_a_dilated_mask_back_to_the_edges():
     still includes part of the rim, so one step does not go all the way) — on the dim disc
     too, which one foreground mean (plain Chan–Vese) would pull towards the background."""
     noisy, truth = _blurred_discs()
-    cfg = s2s.Self2SegConfig(refine_size=15)
+    cfg = s2s.Self2SegConfig(refine_size=15, refine_min_cnr=0.0)
     p = api.prepare(jax.random.key(0), noisy, config=cfg)
     fat = ndimage.binary_dilation(truth, iterations=2)
     out = api.refine(types.SimpleNamespace(labels=fat.astype(np.int32)), p, cfg)
@@ -51,7 +51,7 @@ def test_refine_moves_a_dilated_mask_back_to_the_edges():
 
 def test_refine_is_skipped_when_a_class_is_missing():
     noisy, _ = _blurred_discs()
-    cfg = s2s.Self2SegConfig(refine_size=15)
+    cfg = s2s.Self2SegConfig(refine_size=15, refine_min_cnr=0.0)
     p = api.prepare(jax.random.key(0), noisy, config=cfg)
     full = types.SimpleNamespace(labels=np.ones(noisy.shape, np.int32))
     assert api.refine(full, p, cfg) is None
@@ -59,8 +59,9 @@ def test_refine_is_skipped_when_a_class_is_missing():
 
 def test_segment_with_refine_keeps_the_schemes_record_and_is_deterministic():
     noisy, truth = _blurred_discs(seed=1, noise=10.0)
-    plain = s2s.segment(jax.random.key(3), noisy, config=s2s.Self2SegConfig(**CHEAP))
-    cfg = s2s.Self2SegConfig(refine_size=15, **CHEAP)
+    plain = s2s.segment(jax.random.key(3), noisy,
+                        config=s2s.Self2SegConfig(refine_size=0, **CHEAP))
+    cfg = s2s.Self2SegConfig(refine_size=15, refine_min_cnr=0.0, **CHEAP)
     a = s2s.segment(jax.random.key(3), noisy, config=cfg)
     b = s2s.segment(jax.random.key(3), noisy, config=cfg)
     np.testing.assert_array_equal(a.labels, b.labels)
@@ -101,7 +102,7 @@ def test_contrast_to_noise_measures_the_gap_in_noise_stds():
     x, lab = _step()
     cnr = api.contrast_to_noise(x, lab, 2)
     assert cnr == pytest.approx(5.0, rel=0.04)
-    assert api.contrast_to_noise(3.0 * x + 7.0, lab, 2) == pytest.approx(cnr, rel=1e-9)
+    assert api.contrast_to_noise(3.0 * x + 7.0, lab, 2) == pytest.approx(cnr, rel=1e-5)
     assert api.contrast_to_noise(x, lab, 2) > api.contrast_to_noise(*_step(noise=4.0), 2) * 1.8
 
 
@@ -126,9 +127,33 @@ def test_refine_min_cnr_gates_the_step():
     noisy, truth = _blurred_discs()
     fat = types.SimpleNamespace(labels=ndimage.binary_dilation(truth, iterations=2)
                                 .astype(np.int32))
-    cfg = s2s.Self2SegConfig(refine_size=15)
+    cfg = s2s.Self2SegConfig(refine_size=15, refine_min_cnr=0.0)
     p = api.prepare(jax.random.key(0), noisy, config=cfg)
     cnr = api.contrast_to_noise(p.f, fat.labels, 2)
     assert 3.0 < cnr < 100.0
     assert api.refine(fat, p, cfg.replace(refine_min_cnr=0.9 * cnr)) is not None
     assert api.refine(fat, p, cfg.replace(refine_min_cnr=1.1 * cnr)) is None
+
+
+def test_the_default_refines_clean_images_and_leaves_noisy_ones():
+    """Defaults: refine_size 15 with the gate at 2.2 noise stds — the step moves a mask at low
+    noise and leaves the scheme's labels at high noise (same scheme record either way)."""
+    cfg = s2s.Self2SegConfig(**CHEAP)
+    assert (cfg.refine_size, cfg.refine_min_cnr) == (15, 2.2)
+    for noise, moved in ((5.0, True), (60.0, False)):
+        noisy, _ = _blurred_discs(seed=2, noise=noise)
+        on = s2s.segment(jax.random.key(1), noisy, config=cfg)
+        off = s2s.segment(jax.random.key(1), noisy, config=cfg.replace(refine_size=0))
+        np.testing.assert_array_equal(on.energies, off.energies)
+        assert bool((on.labels != off.labels).any()) is moved, noise
+
+
+def test_contrast_to_noise_subsamples_large_images_consistently():
+    """Above ``max_samples`` pixels the statistic uses a regular subsample: close to the full
+    one, and identical across calls."""
+    x, lab = _step(shape=(400, 400))
+    full = api.contrast_to_noise(x, lab, 2)
+    sub = api.contrast_to_noise(x, lab, 2, max_samples=20_000)
+    assert sub == pytest.approx(full, rel=0.05)
+    assert sub == api.contrast_to_noise(x, lab, 2, max_samples=20_000)
+    assert sub != full  # the subsample was used

@@ -29,8 +29,9 @@ HERE = Path(__file__).resolve().parent
 # session 9)
 NET = dict(net_width=8, net_depth=2, train_max_steps=40, train_min_steps=20, train_patience=20,
            val_every=10, n_average=2, train_mode="full", normalise="minmax", init_denoise=True,
-           learning_rate=1e-3)
-LEGACY = dict(train_mode="full", normalise="minmax", init_denoise=True, learning_rate=1e-3)
+           learning_rate=1e-3, refine_size=0)
+LEGACY = dict(train_mode="full", normalise="minmax", init_denoise=True, learning_rate=1e-3,
+              refine_size=0)
 
 
 def blob(seed=0, size=32, noise=0.1):
