@@ -110,13 +110,16 @@ def main(argv=None) -> int:
     ap.add_argument("--keys", type=int, default=1,
                     help="runs per image, keys i + 1000 k for k < KEYS; an image's Dice is the "
                          "mean over its keys")
+    ap.add_argument("--iters", type=int, nargs="*", default=[],
+                    help="also record the refinement run for N outer iterations (refine_iters)")
     ap.add_argument("--gate", type=float, default=GATE,
                     help="refine_min_cnr of the candidate whose rule the summary applies")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", RuntimeWarning)
     record = provenance.run_record(ROOT, [sys.argv[0]] + (argv or sys.argv[1:]))
-    cfg = s2s.Self2SegConfig(crop_batch=2, refine_size=args.window)
+    # the step always (refine_min_cnr 0): the gate is applied offline, by summarise()
+    cfg = s2s.Self2SegConfig(crop_batch=2, refine_size=args.window, refine_min_cnr=0.0)
     rows = []
     runs = [(g, nm, x, gt, i + 1000 * k, vol) for g, nm, x, gt, i, vol in inputs(args.which)
             for k in range(args.keys)]
@@ -133,6 +136,11 @@ def main(argv=None) -> int:
                "cnr_start": round(api.contrast_to_noise(p.f, p.start.labels, 2), 3),
                "fg_ratio": round(float((labels == 1).sum() / gt.sum()), 3)}
         row["gain"] = round(row["dice_refined"] - row["dice"], 4)
+        for n in args.iters:  # the refinement iterated (refine_iters = n), same scheme state
+            it = api.refine(state, p, used.replace(refine_iters=n))
+            lab_n = labels if it is None else np.asarray(jax.device_get(it[0].labels))
+            row[f"dice_refined_it{n}"] = round(s2s.metrics.dice(lab_n == 1, gt), 4)
+            row[f"outer_it{n}"] = 0 if it is None else int(it[0].it)
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = summarise(rows, args.gate, volumes=args.which in ("dev3d", "confirm2"))

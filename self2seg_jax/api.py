@@ -445,12 +445,13 @@ def finish(state: alternating.State, p: Prepared, config: Self2SegConfig) -> Sel
 
 def refine(state: alternating.State, p: Prepared, config: Self2SegConfig):
     """The local Chan–Vese step of ``config.refine_size`` after a finished scheme:
-    ``(state, spec)`` of one outer iteration whose experts are every class's leave-one-out
+    ``(state, spec)`` of ``config.refine_iters`` outer iterations (fewer when the mask settles;
+    local means recomputed from the mask each time) whose experts are every class's leave-one-out
     local mean over a ``refine_size`` window (``"smooth"`` experts), started from the scheme's
     labels, with the same ``lam`` and no reference-mask term (``mu = 0``), or None when there is
     nothing to refine (the scheme's labels miss a class, their :func:`contrast_to_noise` is
-    below ``config.refine_min_cnr``, or the step itself emptied a class or met non-finite
-    values: the scheme's labels stand).
+    below ``config.refine_min_cnr``, or the first step emptied a class or a step met
+    non-finite values: the scheme's labels stand).
 
     A flexible CNN expert explains the blurred rim and the glow around bright objects better
     than a constant background does, so the scheme's masks run large; local means place each
@@ -463,14 +464,17 @@ def refine(state: alternating.State, p: Prepared, config: Self2SegConfig):
             and contrast_to_noise(p.f, labels, p.spec.num_classes) < config.refine_min_cnr):
         return None
     train = dataclasses.replace(p.spec.train, smooth_size=config.refine_size)
+    n = config.refine_iters
     spec = dataclasses.replace(p.spec, kinds=("smooth",) * p.spec.num_classes, train=train,
-                               max_outer=1, data_filter=1, blind_spot=False)
+                               max_outer=n, data_filter=1, blind_spot=False)
     start = initialisation.start(p.k_run, p.f, labels, num_classes=spec.num_classes,
                                  ndim=spec.ndim, denoise=None)
-    step_config = config.replace(mu=0.0, max_outer=1)
+    step_config = config.replace(mu=0.0, max_outer=n)
     final, _ = run_prepared(p._replace(spec=spec, start=start), step_config)
-    if int(final.status) in (alternating.DEGENERATE, alternating.NONFINITE):
-        return None
+    status = int(final.status)
+    if status == alternating.NONFINITE or (status == alternating.DEGENERATE
+                                           and int(final.it) <= 1):
+        return None  # (a later step that empties a class leaves the labels before it)
     return final, spec
 
 

@@ -125,6 +125,9 @@ class Self2SegConfig:
                             "its mask: each class's data term from its local mean (leave-one-"
                             "out, odd window W); sets boundaries midway between the local "
                             "levels; 0 = off", metavar="W")
+    refine_iters: int = _opt(1, "outer iterations of the refinement (local means recomputed "
+                             "from its mask each time; fewer when the mask settles)",
+                             metavar="N")
     refine_min_cnr: float = _opt(2.2, "refine only when the scheme's classes stand at least this "
                                  "many noise stds apart (median gap over a robust noise std, "
                                  "api.contrast_to_noise); 0 = always", metavar="T")
@@ -278,7 +281,7 @@ class Self2SegConfig:
         if not (self.refine_min_cnr >= 0 and math.isfinite(self.refine_min_cnr)):
             bad(f"refine_min_cnr must be a finite number >= 0, got {self.refine_min_cnr!r}")
         for name in ("net_width", "net_depth", "train_max_steps", "val_every", "n_average",
-                     "max_outer", "pd_max_iter", "pd_check_every", "val_crops"):
+                     "refine_iters", "max_outer", "pd_max_iter", "pd_check_every", "val_crops"):
             if not getattr(self, name) >= 1:
                 bad(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("train_min_steps", "train_patience", "crop_batch"):

@@ -122,6 +122,7 @@ BAD_RANGES = [
     ("refine_size", 4, "refine_size must be 0 \\(off\\) or an odd integer >= 3"),
     ("refine_size", 1, "refine_size"),
     ("refine_size", -1, "refine_size"),
+    ("refine_iters", 0, "refine_iters must be an integer >= 1"),
     ("refine_min_cnr", -0.5, "refine_min_cnr must be a finite number >= 0"),
     ("refine_min_cnr", float("inf"), "refine_min_cnr"),
     ("refine_min_cnr", float("nan"), "refine_min_cnr"),
