@@ -261,7 +261,8 @@ def test_no_recompilation_for_new_image_key_and_numbers(
 
 def test_cache_size_counts_compilations(make_blob):
     """The counter the no-recompilation tests rely on does move on a new static config / shape."""
-    cfg = _const_config(max_outer=2, pd_check_every=7)  # static config used nowhere else
+    # static config used nowhere else; no refinement step (it would compile a second program)
+    cfg = _const_config(max_outer=2, pd_check_every=7, refine_size=0)
     img, _ = make_blob(seed=3, size=20)
     before = alternating.run._cache_size()
     s2s.segment(jax.random.key(0), img, config=cfg)
