@@ -68,14 +68,19 @@ GATE = 2.2  # the candidate's refine_min_cnr (module docstring)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def _cells(seed0):
+    """The six 2-D cells of ``dev_defaults.py`` with image seeds ``seed0 + s``, key ``s``."""
+    for n in (10.0, 30.0, 50.0):
+        for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1))):
+            for sd in seeds:
+                noisy, _, gt = s2s.data.synthetic_nuclei(seed0 + sd, (size, size), noise=n)
+                yield f"n{n:g}_{size}", f"syn{seed0 + sd}", noisy, gt, sd, False
+
+
 def inputs(which):
     """Yield ``(group, name, noisy, gt, key, volume)``."""
     if which == "dev":
-        for n in (10.0, 30.0, 50.0):
-            for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1))):
-                for sd in seeds:
-                    noisy, _, gt = s2s.data.synthetic_nuclei(1000 + sd, (size, size), noise=n)
-                    yield f"n{n:g}_{size}", f"syn{1000 + sd}", noisy, gt, sd, False
+        yield from _cells(1000)
         clean, gt = s2s.data.load_sample()
         for n in (10.0, 30.0, 50.0):
             yield f"sample_n{n:g}", "sample_s0", s2s.data.add_gaussian_noise(0, clean, n), gt, 0, \
@@ -87,11 +92,7 @@ def inputs(which):
             for q in E.noisy_patches(level):
                 yield f"dsb_n{level:g}", f"patch{q.index}", q.noisy, q.gt, q.index, False
     elif which == "fresh":
-        for n in (10.0, 30.0, 50.0):
-            for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1))):
-                for sd in seeds:
-                    noisy, _, gt = s2s.data.synthetic_nuclei(6000 + sd, (size, size), noise=n)
-                    yield f"n{n:g}_{size}", f"syn{6000 + sd}", noisy, gt, sd, False
+        yield from _cells(6000)
     else:
         import dev_volume
         for i, (name, (noisy, gt)) in enumerate(
