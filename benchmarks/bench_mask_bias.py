@@ -43,7 +43,7 @@ from self2seg_jax import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"default": {}, "blind_spot": dict(data_term="blind_spot"),
-            "constant": dict(fg_expert="constant", bg_expert="constant")}
+            "constant": dict(fg_expert="constant", bg_expert="constant", refine_size=0)}
 GROUPS = ("sample_n10", "sample_n30", "sample_n50", "bright_n10", "bright_n30", "stack")
 
 

@@ -90,7 +90,9 @@ def run_self2seg(size: int, mode: str, cold_only: bool = False) -> dict:
            "width16_300": s2s.Self2SegConfig(net_width=16, train_max_steps=300,
                                              train_min_steps=100, train_patience=100),
            "width16_lr2e-3": s2s.Self2SegConfig(net_width=16, learning_rate=2e-3),
-           "constant": s2s.Self2SegConfig(fg_expert="constant")}[mode]
+           # convex Chan-Vese with the default's helpers; no refinement step (session 23's
+           # default adds one after the scheme; this method's recorded rows predate it)
+           "constant": s2s.Self2SegConfig(fg_expert="constant", refine_size=0)}[mode]
     vol = size == VOLUME
     t0 = time.perf_counter()
     r1 = s2s.segment(jax.random.key(0), noisy, config=cfg, volume=vol)

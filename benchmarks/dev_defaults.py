@@ -95,8 +95,9 @@ VARIANTS = {
     # holds; if both windows pass, the one with the higher mean here. Outcome (session 22,
     # results/dev_defaults_s22_k2/): refine_15 0.8344 vs 0.8287 (+0.0057) but noise 50 / 512^2
     # -0.020; refine_31 0.8303 (+0.0016) — both fail (1): refine_size stays 0 (off).
-    "refine_15": dict(refine_size=15),
-    "refine_31": dict(refine_size=31),
+    # (refine_min_cnr 0: the step always, as run in session 22 — the gate came in session 23)
+    "refine_15": dict(refine_size=15, refine_min_cnr=0.0),
+    "refine_31": dict(refine_size=31, refine_min_cnr=0.0),
 }
 CELLS = [(n, size, seeds) for n in (10.0, 30.0, 50.0)
          for size, seeds in ((128, (0, 1, 2, 3)), (512, (0, 1)))]

@@ -80,8 +80,8 @@ VARIANTS = {
     # on the fresh confirm2 set (its first use) the same. The bundled stack is reported beside.
     # Outcome (results/dev_volume_s22_k2/): (1) met by W 15 (+0.0117, glow +0.021, flat
     # +0.002), missed by W 31 (flat -0.0155); moot, as both failed the 2-D part: confirm2 unused.
-    "refine_15": dict(refine_size=15),
-    "refine_31": dict(refine_size=31),
+    "refine_15": dict(refine_size=15, refine_min_cnr=0.0),  # the step always (session 22)
+    "refine_31": dict(refine_size=31, refine_min_cnr=0.0),
     # Session 21: a SECOND LOOK at factorised_3d, which failed (1) above in session 20 on flat
     # (-0.0075, one key per volume) — in a session where one initialisation draw alone had
     # moved the default's group means by up to 0.0035. Declared before any run of it: the same

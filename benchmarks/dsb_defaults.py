@@ -36,7 +36,7 @@ from self2seg_jax import provenance
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "dsb2018_defaults"
 BEFORE = dict(train_mode="full", normalise="minmax", init_denoise=True, train_max_steps=400,
-              train_min_steps=100, train_patience=100)
+              train_min_steps=100, train_patience=100, refine_size=0)
 CONFIGS = {"before": s2s.Self2SegConfig(**BEFORE), "after": s2s.Self2SegConfig()}
 
 

@@ -174,11 +174,9 @@ def summarise(rows, gate: float, *, volumes: bool) -> dict:
         per.setdefault((r["group"], r["name"]), []).append(
             (r["dice"], r["dice_refined"], gated, r["cnr"] >= gate))
     groups = sorted({g for g, _ in per})
+    sets = {g: [k for k in per if k[0] == g] for g in groups}
     if volumes:
-        sets = {g: [k for k in per if k[0] == g] for g in groups}
         sets["all"] = [k for k in per if k[0] in ("flat", "glow")]
-    else:
-        sets = {g: [k for k in per if k[0] == g] for g in groups}
     out = {"gate": gate, "groups": {}}
     for g, keys in sets.items():
         if not keys:

@@ -46,8 +46,8 @@ def chan_vese_config(
     lam: float, *, max_outer: int = 50, mask_tol: float = 0.0, config: Self2SegConfig | None = None
 ) -> Self2SegConfig:
     """The :class:`Self2SegConfig` that makes the scheme convex Chan–Vese: two constant
-    experts, no mean filter, no reference-mask term, no energy rule, no Noise2Fast init;
-    primal–dual options are taken from ``config``."""
+    experts, no mean filter, no reference-mask term, no energy rule, no Noise2Fast init, no
+    local refinement step after it; primal–dual options are taken from ``config``."""
     return (config or Self2SegConfig()).replace(
         lam=lam,
         fg_expert="constant",
@@ -58,6 +58,7 @@ def chan_vese_config(
         energy_p=0.0,
         mu=0.0,
         data_filter=1,
+        refine_size=0,
     )
 
 

@@ -121,10 +121,10 @@ class Self2SegConfig:
                            "multiply-adds; lower Dice on fresh synthetic volumes, so not the "
                            "default)")
     smooth_size: int = _opt(15, "odd window side of smooth experts' local mean", metavar="K")
-    refine_size: int = _opt(15, "after the scheme, one local Chan-Vese mask step started from "
-                            "its mask: each class's data term from its local mean (leave-one-"
-                            "out, odd window W); sets boundaries midway between the local "
-                            "levels; 0 = off", metavar="W")
+    refine_size: int = _opt(15, "after the scheme, a local Chan-Vese mask step (refine_iters of "
+                            "them) started from its mask: each class's data term from its local "
+                            "mean (leave-one-out, odd window W); sets boundaries midway between "
+                            "the local levels; 0 = off", metavar="W")
     refine_iters: int = _opt(1, "outer iterations of the refinement (local means recomputed "
                              "from its mask each time; fewer when the mask settles)",
                              metavar="N")

@@ -200,7 +200,9 @@ def test_chan_vese_config_overrides_experts_keeps_solver_options():
         energy_p=0.0,
         mu=0.0,
         data_filter=1,
+        refine_size=0,  # plain convex Chan-Vese: no local refinement step after it
     )
+    assert baselines.chan_vese_config(0.07, config=base.replace(refine_size=31)).refine_size == 0
     with pytest.raises(ValueError, match="lam"):
         baselines.chan_vese_config(-1.0)
 
